@@ -1,0 +1,100 @@
+"""The `vitos` command: thin argument parsing, one function call per subcommand.
+
+    vitos tiny-model OUT_DIR [--seed N]          write a tiny random Qwen2.5-VL checkpoint (offline)
+    vitos infer --model M --image PATH --question TEXT [--mode vitos|full] [--json] [--overlay out.png]
+
+Errors a user can fix (bad image, bad model path, bad config) print one line and exit with status 2;
+they never end in a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _quiet_transformers() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cmd_tiny_model(args: argparse.Namespace) -> int:
+    from vitos.models.tiny import write_tiny_model
+
+    out = write_tiny_model(args.out_dir, seed=args.seed)
+    print(f"wrote a tiny Qwen2.5-VL checkpoint to {out}")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from vitos.engine import SamplingConfig
+    from vitos.infer import infer_one, parse_options, render
+    from vitos.models import load_model
+    from vitos.pipeline import PruneConfig
+
+    adapter = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    result = infer_one(
+        adapter,
+        args.image,
+        args.question,
+        options=parse_options(args.options),
+        kind=args.kind,
+        mode=args.mode,
+        prune=PruneConfig(margin=args.margin, min_keep=args.min_keep, fusion=args.fusion),
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
+        overlay=args.overlay,
+    )
+    print(render(result, args.json))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitos", description="Token-sparse medical VLM reasoning (ViToS).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint that loads offline")
+    t.add_argument("out_dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_tiny_model)
+
+    i = sub.add_parser("infer", help="ground -> prune -> answer for one image")
+    i.add_argument("--model", required=True, help="hub id or local folder (e.g. a `vitos tiny-model` output)")
+    i.add_argument("--image", required=True, help="JPEG, PNG (8/16-bit, grayscale) or DICOM file")
+    i.add_argument("--question", required=True)
+    i.add_argument("--options", default=None, help="multiple choice: 'A=text,B=text' or 'text|text|text'")
+    i.add_argument("--kind", choices=["yes_no", "choice", "open"], default=None,
+                   help="answer style (default: choice with --options, else open)")
+    i.add_argument("--mode", choices=["vitos", "full"], default="vitos")
+    i.add_argument("--json", action="store_true", help="print a JSON record")
+    i.add_argument("--overlay", default=None, help="write a PNG with boxes and the kept-token grid")
+    i.add_argument("--margin", type=float, default=0.0, help="box dilation, normalised units")
+    i.add_argument("--min-keep", type=int, default=1)
+    i.add_argument("--fusion", choices=["none", "merge", "contextual"], default="merge")
+    i.add_argument("--max-new-tokens", type=int, default=256)
+    i.add_argument("--dtype", default="auto")
+    i.add_argument("--device", default="auto")
+    i.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")
+    i.set_defaults(func=cmd_infer)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_transformers()
+    from vitos.config import ConfigError
+    from vitos.images import ImageError
+    from vitos.models import ModelLoadError
+
+    try:
+        return args.func(args)
+    except (ImageError, ModelLoadError, ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"vitos {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The model-family adapter contract: everything the pruning engine needs from a VLM, and nothing more.
+
+A family (Qwen2.5-VL, LLaVA-Qwen2, ...) is one file implementing `ModelAdapter`. The engine, the trainer
+and the evaluator only ever talk to this interface, so adding a family (say Qwen3-VL) means writing one
+adapter:
+
+    encode_images(images)        -> list[EncodedImage]   the vision tower runs here, once per image
+    build_prompt(text, n_images) -> Prompt               chat template, placeholders expanded, positions
+    embed_tokens(ids)            -> (L, D)               text embeddings
+    lm_forward(embeds, positions, attention_mask, cache) -> (logits, cache)
+
+Positions are a (P, L) long tensor: P = 3 for Qwen's M-RoPE (temporal, height, width), P = 1 for 1-D RoPE.
+Every visual token carries its ORIGINAL position; pruning index-selects, never re-indexes (REFERENCE §2:
+re-indexing destroys the spatial code the model was trained with). A token appended after the prompt
+gets position max(prompt positions) + 1, on every row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class EncodedImage:
+    """One image after the vision tower: merged visual tokens in raster order over the merged grid."""
+
+    features: torch.Tensor
+    """(N, D) merged visual token features, N = grid_hw[0] * grid_hw[1], raster (row-major) order."""
+    grid_hw: tuple[int, int]
+    """(H, W) of the merged token grid; a normalised box maps onto it directly."""
+    image_size: tuple[int, int]
+    """(width, height) of the image as loaded, before the processor resized it."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Family-specific data the adapter needs to build positions (e.g. Qwen's grid_thw)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+
+@dataclass
+class Prompt:
+    """A tokenised chat prompt with image placeholders expanded to one token per merged visual token."""
+
+    input_ids: torch.Tensor
+    """(L,) token ids; each image occupies `num_tokens` consecutive placeholder ids."""
+    positions: torch.Tensor
+    """(P, L) original rotary positions of every token of the unpruned prompt."""
+    image_spans: list[tuple[int, int]]
+    """[start, end) of each image's placeholders in `input_ids`, in image order."""
+
+
+class ModelAdapter(Protocol):
+    """What a model family provides. See `vitos.models.qwen2_5_vl.QwenVLAdapter` for the reference one."""
+
+    model: torch.nn.Module
+    """The full HF model (vision tower + language model + head); the object LoRA/FSDP wrap."""
+    tokenizer: Any
+    """The HF tokenizer (with chat template)."""
+    num_position_rows: int
+    """P: rows of the position tensor (3 for M-RoPE, 1 for 1-D RoPE)."""
+
+    def encode_images(self, images: list[Any]) -> list[EncodedImage]:
+        """Run the processor and the vision tower ONCE over all `images` (PIL, RGB)."""
+
+    def build_prompt(self, text: str, images: list[EncodedImage], system: str | None = None) -> Prompt:
+        """Apply the chat template to one user turn holding `len(images)` images then `text`."""
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(..., L) ids -> (..., L, D) text embeddings (the LM's input embedding table)."""
+
+    def lm_forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, Any]:
+        """Language model + head on embeddings. (B, L, D), (P, B, L), (B, L_total) -> logits (B, L|k, V), cache."""
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Ids that end a completion."""
+
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        """Ids never to sample (vision placeholders and markers: emitting one breaks the next forward)."""

@@ -1,0 +1,181 @@
+"""Ground -> prune -> answer, batched: the ViToS inference path shared by `vitos infer` and `vitos eval`.
+
+    encoded = encode(adapter, images_per_sample)                  # vision tower: once per image
+    ground  = generate(grounding prompts on all tokens)          # <think> <box> <answer>
+    keeps   = keep_masks(parse_output(ground), encoded, prune)    # boxes -> (H, W) masks per image
+    answer  = generate(sparse prompts on kept + fused tokens)     # <think> <answer>
+
+Modes: `full` answers in one pass on all visual tokens (the baseline); `vitos` runs the two stages above.
+Any grounding output that yields no usable box (no tag, unparseable, out of range) falls back to keeping
+every token of that image, and the reason is returned in `fallback` — never an exception.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from vitos.data.sample import Sample
+from vitos.engine import SamplingConfig, generate
+from vitos.images import load_image
+from vitos.models.base import EncodedImage, ModelAdapter
+from vitos.prompts import ParsedOutput, grounding_prompt, parse_output, sparse_prompt
+from vitos.pruning.boxes import boxes_to_keep_mask
+from vitos.pruning.sparse import SequenceInputs, assemble
+
+Mode = Literal["full", "vitos"]
+
+
+@dataclass
+class PruneConfig:
+    """How predicted boxes become kept tokens."""
+
+    margin: float = 0.0
+    """Dilate each box by this much on every side (normalised units) before selecting tokens."""
+    min_keep: int = 1
+    """Keep at least this many tokens per image (nearest to the box centres are added)."""
+    fusion: Literal["none", "merge", "contextual"] = "merge"
+    """How pruned tokens are folded in: drop them, merge each into its most similar kept token, or
+    summarise them in `num_contextual` extra tokens (VisionZip style)."""
+    num_contextual: int = 4
+    """Extra summary tokens per image for fusion=contextual."""
+
+
+@dataclass
+class Answer:
+    """What one sample's inference produced."""
+
+    answer: str | None
+    """The parsed <answer> (None when the answer pass wrote no <answer> tag)."""
+    answer_text: str
+    """The answer pass's full completion."""
+    grounding_text: str | None = None
+    """The grounding pass's completion (vitos mode)."""
+    boxes: list[list[float]] = field(default_factory=list)
+    """Boxes used for pruning (normalised), empty when none."""
+    box_images: list[int] = field(default_factory=list)
+    """0-based image index per box."""
+    fallback: str | None = None
+    """Why pruning was skipped for some image, or None."""
+    visual_tokens_total: int = 0
+    visual_tokens_kept: int = 0
+    keep_masks: list[torch.Tensor | None] = field(default_factory=list)
+    """Per image (H, W) keep mask or None (kept whole)."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """Per stage wall time of the batch this sample ran in: encode, grounding, prune, answer."""
+
+
+def load_sample_images(sample: Sample) -> list[Any]:
+    return [load_image(im) for im in sample.images]
+
+
+@torch.no_grad()
+def encode(adapter: ModelAdapter, images: list[list[Any]]) -> list[list[EncodedImage]]:
+    """One vision-tower call for every image of every sample; result regrouped per sample."""
+    flat = [im for ims in images for im in ims]
+    enc = adapter.encode_images(flat)
+    out, i = [], 0
+    for ims in images:
+        out.append(enc[i : i + len(ims)])
+        i += len(ims)
+    return out
+
+
+def keep_masks(
+    parsed: ParsedOutput, images: list[EncodedImage], prune: PruneConfig
+) -> tuple[list[torch.Tensor | None], str | None]:
+    """Boxes of one grounding output -> per-image keep masks; images without a box are kept whole."""
+    if parsed.boxes is None:
+        reason = parsed.box_error or "the grounding output has no <box> tag"
+        return [None] * len(images), f"kept all visual tokens: {reason}"
+    masks: list[torch.Tensor | None] = []
+    missing = []
+    for k, image in enumerate(images):
+        mine = [b for b, i in zip(parsed.boxes, parsed.box_images or [0] * len(parsed.boxes)) if i == k]
+        if not mine:
+            masks.append(None)
+            missing.append(k + 1)
+            continue
+        masks.append(boxes_to_keep_mask(mine, image.grid_hw, margin=prune.margin, min_keep=prune.min_keep))
+    note = f"kept all visual tokens of image(s) {missing}: no box points into them" if missing else None
+    return masks, note
+
+
+def _prompt_seqs(adapter, samples, encoded, prompt_fn, keeps, prune) -> list[SequenceInputs]:
+    seqs = []
+    for s, enc, keep in zip(samples, encoded, keeps):
+        text = prompt_fn(s.question, s.options, s.kind, max(1, len(enc)))
+        prompt = adapter.build_prompt(text, enc)
+        seqs.append(assemble(adapter, prompt, enc, keep, fusion=prune.fusion, num_contextual=prune.num_contextual))
+    return seqs
+
+
+def run(
+    adapter: ModelAdapter,
+    samples: list[Sample],
+    mode: Mode = "vitos",
+    prune: PruneConfig | None = None,
+    sampling: SamplingConfig | None = None,
+    images: list[list[Any]] | None = None,
+    keeps_override: list[list[torch.Tensor | None]] | None = None,
+) -> list[Answer]:
+    """Answer a batch of samples in `mode`. `keeps_override` (training-free baselines) skips grounding
+    and answers from the given masks instead."""
+    prune = prune or PruneConfig()
+    sampling = sampling or SamplingConfig()
+    t = {}
+    t0 = time.perf_counter()
+    images = images if images is not None else [load_sample_images(s) for s in samples]
+    encoded = encode(adapter, images)
+    t["encode"] = (time.perf_counter() - t0) * 1e3
+
+    grounding_texts: list[str | None] = [None] * len(samples)
+    parsed: list[ParsedOutput | None] = [None] * len(samples)
+    fallbacks: list[str | None] = [None] * len(samples)
+    if keeps_override is not None:
+        keeps = keeps_override
+    elif mode == "full":
+        keeps = [[None] * len(e) for e in encoded]
+    elif mode == "vitos":
+        t0 = time.perf_counter()
+        seqs = _prompt_seqs(adapter, samples, encoded, grounding_prompt, [None] * len(samples), prune)
+        gen = generate(adapter, seqs, sampling)
+        t["grounding"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        keeps = []
+        for i, (text, enc) in enumerate(zip(gen.texts, encoded)):
+            grounding_texts[i] = text
+            parsed[i] = parse_output(text, "grounding", n_images=len(enc))
+            masks, fallbacks[i] = keep_masks(parsed[i], enc, prune)
+            keeps.append(masks)
+        t["prune"] = (time.perf_counter() - t0) * 1e3
+    else:
+        raise ValueError(f"unknown mode {mode!r}; use 'full' or 'vitos'")
+
+    t0 = time.perf_counter()
+    seqs = _prompt_seqs(adapter, samples, encoded, sparse_prompt, keeps, prune)
+    gen = generate(adapter, seqs, sampling)
+    t["answer"] = (time.perf_counter() - t0) * 1e3
+
+    results = []
+    for i, (seq, text) in enumerate(zip(seqs, gen.texts)):
+        p = parsed[i]
+        used = p is not None and p.boxes is not None
+        results.append(
+            Answer(
+                answer=parse_output(text, "sparse").answer,
+                answer_text=text,
+                grounding_text=grounding_texts[i],
+                boxes=list(p.boxes) if used else [],
+                box_images=list(p.box_images or []) if used else [],
+                fallback=fallbacks[i],
+                visual_tokens_total=seq.n_visual_total,
+                visual_tokens_kept=seq.n_visual_kept,
+                keep_masks=keeps[i],
+                timings_ms=dict(t),
+            )
+        )
+    return results

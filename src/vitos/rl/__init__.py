@@ -1,0 +1,1 @@
+"""Reinforcement learning for ViToS: GRPO maths, rewards, rollouts and the training loop."""
