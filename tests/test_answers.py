@@ -91,6 +91,8 @@ def test_judge_yes_no_correct_answer_in_a_sentence():
         ("**B**", "B"),
         ("\\boxed{C}", "C"),
         ("b) Meningioma", "B"),
+        ("B\n\nThe enhancing dural tail suggests it.", "B"),
+        ("C. Metastasis\nMultiple ring-enhancing lesions.", "C"),
         ("B. Meningioma", "B"),
         ("The answer is B", "B"),
         ("Answer: C", "C"),

@@ -17,7 +17,8 @@ Rules (default, `compat=None`)
   prediction ("No, there is no fracture." -> 'no'; "Yes, no fracture" -> 'yes'). Words that merely contain
   those letters ("normal", "nodule", "not", "none", "nope") never count. No such word -> parse failure.
 * multiple choice -- `extract_choice`: letter candidates are collected from
-    a. the whole answer being one letter, bare or decorated: "B", "(B)", "B.", "**b**", "\\boxed{B}";
+    a. the whole answer (or its first line) being one letter, bare or decorated: "B", "(B)", "B.",
+       "**b**", "B\\n\\nBecause ...", "\\boxed{B}";
     b. a leading letter with a delimiter: "(B) Glioma", "B. Glioma", "b) Glioma", "B: Glioma";
     c. a keyword: "The answer is B", "Answer: (C)", "option D", "choice B" (a lower-case letter after a
        keyword counts only when followed by ")", ".", ":" or the end, so "the answer is a lesion" is not A);
@@ -54,8 +55,9 @@ scores in REFERENCE.md section 3; read from `utils/utils.py` and the per-benchma
 |          |                                          | the reported "recall" is precision and "f1" is recall;  |
 |          |                                          | compat reproduces those reported values                 |
 
-Under compat, `parse_failure` is True only where the kit itself finds no answer (yes/no: neither or both
-words; choice: the similarity/random fallback was used; open: empty text).
+Under compat="mmmu", yes/no and open questions are judged as under "medevalkit" (MMMU's numeric matching
+of open answers is not reproduced). Under compat, `parse_failure` is True only where the kit itself finds
+no answer (yes/no: neither or both words; choice: the similarity/random fallback was used; open: empty).
 
 Usage::
 
@@ -183,7 +185,8 @@ def extract_choice(pred: str | None, options: dict[str, str]) -> str | None:
     text = pred.strip()
     candidates: set[str] = set()
 
-    only = _ONLY_LETTER.match(text)
+    # The whole answer, or its first line ("B\n\nBecause ..."), is one decorated letter.
+    only = _ONLY_LETTER.match(text) or _ONLY_LETTER.match(text.splitlines()[0])
     if only:
         candidates.add(only.group(1).upper())
     for m in _BOXED_LETTER.finditer(text):
@@ -192,8 +195,7 @@ def extract_choice(pred: str | None, options: dict[str, str]) -> str | None:
     if leading and not only:
         letter = leading.group(1).upper()
         rest = normalize_text(leading.group(2))
-        # "a) ..." is an enumeration only when it is really followed by a delimiter, which the regex
-        # guarantees; a bare article "a lesion" never reaches here.
+        # The delimiter is required, so the article in "a lesion" never gets here.
         candidates.add(letter)
         if rest and rest in text_to_letter and letter not in text_to_letter[rest]:
             # "B. Glioma" while Glioma is option A: the letter and the text disagree.

@@ -47,6 +47,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         prune=PruneConfig(margin=args.margin, min_keep=args.min_keep, fusion=args.fusion),
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
         overlay=args.overlay,
+        boxes=args.boxes,
     )
     print(render(result, args.json))
     return 0
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mode", choices=["vitos", "full"], default="vitos")
     i.add_argument("--json", action="store_true", help="print a JSON record")
     i.add_argument("--overlay", default=None, help="write a PNG with boxes and the kept-token grid")
+    i.add_argument("--boxes", default=None,
+                   help="use these normalised evidence boxes instead of the grounding pass, e.g. '[[0.1,0.2,0.5,0.6]]'")
     i.add_argument("--margin", type=float, default=0.0, help="box dilation, normalised units")
     i.add_argument("--min-keep", type=int, default=1)
     i.add_argument("--fusion", choices=["none", "merge", "contextual"], default="merge")

@@ -21,6 +21,7 @@ from vitos.engine import SamplingConfig
 from vitos.images import load_image
 from vitos.overlay import draw_overlay
 from vitos.pipeline import Answer, PruneConfig, run
+from vitos.prompts import ParsedOutput, parse_boxes
 
 
 def parse_options(text: str | None) -> dict[str, str] | None:
@@ -63,11 +64,18 @@ def infer_one(
     prune: PruneConfig | None = None,
     sampling: SamplingConfig | None = None,
     overlay: str | None = None,
+    boxes: str | None = None,
 ) -> InferResult:
+    """Answer one question about one image. `boxes` (a JSON-ish box list such as "[[0.1,0.2,0.5,0.6]]")
+    replaces the grounding pass with user-given evidence regions; a malformed one falls back to all tokens."""
     image = load_image(image_path)  # raises ImageError with a clear message
     kind = kind or ("choice" if options else "open")
     sample = Sample(id="cli", images=[image], question=question, answer="", kind=kind, options=options)
-    res: Answer = run(adapter, [sample], mode=mode, prune=prune, sampling=sampling, images=[[image]])[0]
+    given = None
+    if boxes is not None:
+        parsed_boxes, box_images, error = parse_boxes(boxes, n_images=1)
+        given = [ParsedOutput(None, parsed_boxes, box_images, None, error, False)]
+    res: Answer = run(adapter, [sample], mode=mode, prune=prune, sampling=sampling, images=[[image]], given_boxes=given)[0]
     overlay_path = None
     if overlay:
         mask = res.keep_masks[0] if res.keep_masks else None

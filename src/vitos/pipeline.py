@@ -121,9 +121,13 @@ def run(
     sampling: SamplingConfig | None = None,
     images: list[list[Any]] | None = None,
     keeps_override: list[list[torch.Tensor | None]] | None = None,
+    given_boxes: list[ParsedOutput] | None = None,
 ) -> list[Answer]:
-    """Answer a batch of samples in `mode`. `keeps_override` (training-free baselines) skips grounding
-    and answers from the given masks instead."""
+    """Answer a batch of samples in `mode`.
+
+    `keeps_override` (training-free baselines) skips grounding and answers from the given masks;
+    `given_boxes` (user-drawn regions, `vitos infer --boxes`) replaces the grounding pass's output in
+    vitos mode, with the same fallback rules."""
     prune = prune or PruneConfig()
     sampling = sampling or SamplingConfig()
     t = {}
@@ -141,14 +145,17 @@ def run(
         keeps = [[None] * len(e) for e in encoded]
     elif mode == "vitos":
         t0 = time.perf_counter()
-        seqs = _prompt_seqs(adapter, samples, encoded, grounding_prompt, [None] * len(samples), prune)
-        gen = generate(adapter, seqs, sampling)
+        if given_boxes is None:
+            seqs = _prompt_seqs(adapter, samples, encoded, grounding_prompt, [None] * len(samples), prune)
+            gen = generate(adapter, seqs, sampling)
+            grounding_texts = list(gen.texts)
+            parsed = [parse_output(text, "grounding", n_images=len(e)) for text, e in zip(gen.texts, encoded)]
+        else:
+            parsed = list(given_boxes)
         t["grounding"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         keeps = []
-        for i, (text, enc) in enumerate(zip(gen.texts, encoded)):
-            grounding_texts[i] = text
-            parsed[i] = parse_output(text, "grounding", n_images=len(enc))
+        for i, enc in enumerate(encoded):
             masks, fallbacks[i] = keep_masks(parsed[i], enc, prune)
             keeps.append(masks)
         t["prune"] = (time.perf_counter() - t0) * 1e3

@@ -192,7 +192,9 @@ class Benchmark:
     hub_id: ClassVar[str]
     splits: ClassVar[tuple[str, ...]] = ("test",)
 
-    def load(self, data_dir: str | os.PathLike[str] | None = None, split: str = "test", limit: int | None = None) -> list[Sample]:
+    def load(
+        self, data_dir: str | os.PathLike[str] | None = None, split: str = "test", limit: int | None = None
+    ) -> list[Sample]:
         """Samples of `split` from `data_dir` (original release format) or, when None, from the hub copy."""
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r}; accepted: {list(self.splits)}")

@@ -35,9 +35,10 @@ class MedXpertQA(Benchmark):
         return [f"MM/{split}.jsonl", "images.zip"], ["images.zip"]
 
     def read(self, root: Path, split: str) -> Iterator[Sample]:
-        path = next((p for p in (root / "MM" / f"{split}.jsonl", root / f"{split}.jsonl") if p.is_file()), None)
+        candidates = (root / "MM" / f"{split}.jsonl", root / f"{split}.jsonl")
+        path = next((p for p in candidates if p.is_file()), None)
         if path is None:
-            raise FileNotFoundError(f"{self.name}: neither {root / 'MM' / f'{split}.jsonl'} nor {root / f'{split}.jsonl'} exists")
+            raise FileNotFoundError(f"{self.name}: neither {candidates[0]} nor {candidates[1]} exists")
         with open(path, encoding="utf-8") as f:
             for line_no, line in enumerate(f, start=1):
                 if not line.strip():
@@ -56,7 +57,9 @@ class MedXpertQA(Benchmark):
         options = {str(k).strip().upper(): str(v).strip() for k, v in raw_options.items()}
         label = str(require(row, "label", where)).strip().upper()
         if label not in options:
-            raise MalformedDataError(f"{where}: field 'label' = {label!r} is not one of the option letters {list(options)}")
+            raise MalformedDataError(
+                f"{where}: field 'label' = {label!r} is not one of the option letters {list(options)}"
+            )
         names = require(row, "images", where)
         if isinstance(names, str):
             names = [names]

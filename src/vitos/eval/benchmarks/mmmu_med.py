@@ -66,7 +66,9 @@ class MMMUMed(Benchmark):
         for subject in SUBJECTS:
             files = sorted((root / subject).glob(f"{real_split}-*.parquet"))
             if not files:
-                raise FileNotFoundError(f"{self.name}: no {root / subject}/{real_split}-*.parquet (hub layout of MMMU/MMMU)")
+                raise FileNotFoundError(
+                    f"{self.name}: no {root / subject}/{real_split}-*.parquet (hub layout of MMMU/MMMU)"
+                )
             for path in files:
                 for i, row in enumerate(read_parquet_rows(path, ["id", "question", "options", "answer"])):
                     yield self._sample(row, f"{path} row {i}", subject, real_split)
@@ -106,7 +108,9 @@ class MMMUMed(Benchmark):
                 raise MalformedDataError(f"{where}: multiple-choice row with fewer than two options in 'options'")
             options = dict(zip(string.ascii_uppercase, options_list))
             if raw_answer.upper() not in options:
-                raise MalformedDataError(f"{where}: field 'answer' = {raw_answer!r} is not one of the letters {list(options)}")
+                raise MalformedDataError(
+                    f"{where}: field 'answer' = {raw_answer!r} is not one of the letters {list(options)}"
+                )
             return Sample(
                 id=str(require(row, "id", where)), images=images, question=question,
                 answer=raw_answer.upper(), kind="choice", options=options, meta=meta,
@@ -115,4 +119,7 @@ class MMMUMed(Benchmark):
         if not answers:
             raise MalformedDataError(f"{where}: field 'answer' is an empty list")
         meta["answers"] = answers
-        return Sample(id=str(require(row, "id", where)), images=images, question=question, answer=answers[0], kind="open", meta=meta)
+        return Sample(
+            id=str(require(row, "id", where)), images=images, question=question,
+            answer=answers[0], kind="open", meta=meta,
+        )

@@ -67,7 +67,9 @@ class OmniMedVQA(Benchmark):
                 if letter is None:
                     letter = next((k for k, v in options.items() if normalize_text(v) == normalize_text(gt)), None)
                 if letter is None:
-                    raise MalformedDataError(f"{where}: field 'gt_answer' = {gt!r} equals none of the options {options}")
+                    raise MalformedDataError(
+                        f"{where}: field 'gt_answer' = {gt!r} equals none of the options {options}"
+                    )
                 image_path = str(require(row, "image_path", where)).strip()
                 qid = row.get("question_id")
                 yield Sample(

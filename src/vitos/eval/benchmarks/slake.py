@@ -64,7 +64,9 @@ def _names_in(question: str, organ: str) -> bool:
     return bool(phrase) and re.search(rf"\b{re.escape(phrase)}(?:s|es)?\b", question) is not None
 
 
-def match_boxes(question: str, detections: Sequence[tuple[str, list[float]]], width: int, height: int) -> list[list[float]]:
+def match_boxes(
+    question: str, detections: Sequence[tuple[str, list[float]]], width: int, height: int
+) -> list[list[float]]:
     """Normalised [x1, y1, x2, y2] boxes of the organs the question names (rules in the module docstring)."""
     text = normalize_text(question)
     chosen = [box for name, box in detections if _names_in(text, name)]

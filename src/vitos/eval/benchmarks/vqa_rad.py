@@ -77,7 +77,9 @@ class VQARad(Benchmark):
             where = f"{path} row {i}"
             phrase_type = require(row, "phrase_type", where)
             if phrase_type not in known:
-                raise MalformedDataError(f"{where}: unknown phrase_type {phrase_type!r}; expected one of {sorted(known)}")
+                raise MalformedDataError(
+                    f"{where}: unknown phrase_type {phrase_type!r}; expected one of {sorted(known)}"
+                )
             if phrase_type not in PHRASE_TYPES[split]:
                 continue
             answer, kind = _answer(require(row, "answer", where))

@@ -1,0 +1,277 @@
+"""`TrainConfig`: every knob of `vitos train`, as nested dataclasses with a docstring per field.
+
+    from vitos.config import load_config
+    cfg = load_config(TrainConfig, "configs/tiny_cpu.yaml", ["schedule.name=joint", "rollout.group_size=4"])
+
+`vitos train --help-config` prints every key with its default and meaning (from the docstrings below).
+YAML files under configs/ hold values only; the two schedule helpers at the bottom (`branches_for_step`,
+`lr_factor`) are the only logic here, kept next to the fields they interpret.
+
+Defaults are the authors' recipe where it is public (REFERENCE §1, ViTAR: GRPO, lr 1e-6, no KL, stagewise
+schedule); everything else is marked (ours) in the field docs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vitos.pipeline import PruneConfig
+from vitos.rl.rewards import RewardWeights
+
+ScheduleName = Literal["stagewise", "interleaved", "joint"]
+Branch = Literal["grounding", "sparse"]
+
+
+@dataclass
+class ModelSection:
+    """Which policy to train and which of its parameters move."""
+
+    name_or_path: str = "tiny"
+    """Hub id or local folder of a supported VLM. `tiny` writes a tiny random Qwen2.5-VL (seed 0) into
+    `<checkpoint.out_dir>/tiny-model` and trains that (offline; CI and debugging)."""
+    dtype: str = "auto"
+    """Weight dtype: auto (bf16 on a bf16-capable GPU, else fp32), bfloat16, float16 or float32. For full
+    fine-tuning on GPU prefer float32 weights with accelerate's `mixed_precision: bf16`."""
+    attn: str = "sdpa"
+    """Attention implementation: sdpa, eager or flash_attention_2."""
+    lora: bool = True
+    """Train LoRA adapters on the language model only (peft); False = full fine-tuning."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA input; 0 keeps CPU runs bit-reproducible."""
+    freeze_vision: bool = True
+    """Freeze the vision tower and merger. Must be True with LoRA (the adapters sit on the LM only)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower update)."""
+
+
+@dataclass
+class DataSection:
+    """Where the training questions come from and how they are batched."""
+
+    train_path: str = "medphantom:64"
+    """A .json/.jsonl/.parquet file or a folder (vitos.data.readers). `medphantom:N` generates N
+    MedPhantom training rows into `<checkpoint.out_dir>/data` (offline)."""
+    image_root: str | None = None
+    """Folder relative image paths are resolved against (default: the folder of the row file)."""
+    skip_bad_rows: bool = False
+    """Skip rows that fail validation (counted in metrics as data/skipped_rows) instead of stopping."""
+    limit: int | None = None
+    """Read at most this many rows (None = all)."""
+    batch_size: int = 2
+    """Questions per training step, over all processes (each process takes batch_size / num_processes).
+    The authors use 128."""
+    shuffle_seed: int = 0
+    """Seed of the per-epoch permutation of the rows (epoch e uses a generator seeded with (seed, e))."""
+
+
+@dataclass
+class RolloutSection:
+    """How completions are sampled for both branches."""
+
+    group_size: int = 4
+    """G: grounding rollouts per question (the authors use 8)."""
+    sparse_group_size: int = 0
+    """G': sparse rollouts per grounding rollout (0 = G, the paper's G x G)."""
+    max_new_tokens: int = 256
+    """Upper bound on the length of every completion."""
+    temperature: float = 1.0
+    """Sampling temperature (> 0: GRPO needs diverse rollouts)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    generation_batch_size: int = 0
+    """Rows per `generate` call (0 = all rows of a branch at once); lower it when the KV cache does not fit."""
+
+
+@dataclass
+class GRPOSection:
+    """The per-branch GRPO objective (vitos.rl.grpo)."""
+
+    clip_low: float = 0.2
+    """Lower clip of the ratio (1 - clip_low); EasyR1 default."""
+    clip_high: float = 0.3
+    """Upper clip of the ratio (1 + clip_high); EasyR1 default (DAPO suggests 0.28)."""
+    dual_clip: float | None = 3.0
+    """Dual-clip bound for negative advantages (None = off)."""
+    beta: float = 0.0
+    """KL (k3) weight to the reference policy; 0 = no reference model is loaded (authors' recipe). With
+    LoRA the reference is the base model with adapters disabled, else a frozen copy of the model."""
+    agg: Literal["token-mean", "seq-mean", "dr-grpo"] = "token-mean"
+    """How per-token losses are reduced (see vitos.rl.grpo.aggregate)."""
+    scale_advantages: bool = True
+    """Divide advantages by the group std (GRPO); False = Dr.GRPO's mean-centred rewards."""
+    sparse_grouping: Literal["question", "parent"] = "question"
+    """(ours) Sparse advantages are normalised over all G x G' rollouts of a question ('question', so the
+    cross-feedback acc(O_i) separates rollouts launched from different O_i) or over the G' children of
+    each O_i ('parent', where that term is constant and cancels)."""
+
+
+@dataclass
+class OptimSection:
+    """AdamW, learning-rate schedule, clipping and micro-batching."""
+
+    lr: float = 1e-6
+    """Peak learning rate (authors: 1e-6 for full fine-tuning; LoRA usually wants ~1e-5 to 1e-4)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up over this many training steps (restarted at stage 2 of the stagewise schedule)."""
+    scheduler: Literal["constant", "linear", "cosine"] = "constant"
+    """Decay after warm-up, over the steps of the current stage."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 = no clipping)."""
+    micro_batches: int = 1
+    """Split each branch update into this many forward/backward passes (gradient accumulation; the loss
+    is weighted so the result equals one pass over all rows)."""
+    fresh_optimizer_at_stage2: bool = True
+    """Stagewise: clear AdamW moments when stage 2 starts, as the authors' separate stage-2 run does."""
+
+
+@dataclass
+class ScheduleSection:
+    """In which order the two branches are optimised."""
+
+    name: ScheduleName = "stagewise"
+    """stagewise: grounding objective for stage1_steps, then the sparse objective (authors' recipe);
+    interleaved: every step a grounding update, then fresh sparse rollouts and a sparse update;
+    joint: one summed loss (the ablation the paper argues against)."""
+    total_steps: int = 2
+    """Training steps (one step = one batch of questions)."""
+    stage1_steps: int = 1
+    """Stagewise only: steps of stage 1 (grounding); the remaining steps are stage 2 (sparse)."""
+
+
+@dataclass
+class CheckpointSection:
+    """Where the run writes and how often it checkpoints."""
+
+    out_dir: str = "runs/vitos"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
+    every: int = 0
+    """Checkpoint every this many steps (0 = only at the end and at the stagewise stage boundary)."""
+    keep_last: int = 2
+    """Keep this many step checkpoints (the stage-1 checkpoint is always kept)."""
+
+
+@dataclass
+class LoggingSection:
+    """What is logged where."""
+
+    every: int = 1
+    """Write metrics every this many steps (metrics.jsonl, TensorBoard, W&B)."""
+    tensorboard: bool = False
+    """Also log to TensorBoard under <out_dir>/tb (needs the `tensorboard` package)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (needs the `wandb` package and a login)."""
+    wandb_project: str = "vitos"
+    """W&B project name."""
+    log_grad_cosine: bool = True
+    """Measure cos(grad L_grounding, grad L_sparse) on the trainable parameters every logged step. Costs
+    one extra forward and two backward passes over both branches' rows (local gradients, before DDP
+    averaging; not available under FSDP or DeepSpeed ZeRO-3)."""
+    progress: bool = True
+    """Show a tqdm progress bar (steps/s, ETA, mean rewards)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `vitos train` needs; saved resolved as <out_dir>/config.yaml and in every checkpoint."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    """The policy model."""
+    data: DataSection = field(default_factory=DataSection)
+    """Training data."""
+    rollout: RolloutSection = field(default_factory=RolloutSection)
+    """Sampling."""
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    """Boxes -> kept + fused tokens (shared with inference)."""
+    rewards: RewardWeights = field(default_factory=RewardWeights)
+    """Reward component weights (shared with vitos.rl.rewards)."""
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    """GRPO objective."""
+    optim: OptimSection = field(default_factory=OptimSection)
+    """Optimiser."""
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    """Branch schedule."""
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    """Checkpointing."""
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    """Logging."""
+    seed: int = 0
+    """Seed of python/numpy/torch and of the rollout sampler (process k adds k)."""
+    device: Literal["auto", "cpu"] = "auto"
+    """auto = what accelerate picks (GPU when present); cpu forces the CPU."""
+
+    @property
+    def sparse_group_size(self) -> int:
+        """G' with 0 resolved to G."""
+        return self.rollout.sparse_group_size or self.rollout.group_size
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Reject combinations that cannot train; each message names the key to change."""
+    errors = []
+    if cfg.rollout.group_size < 2:
+        errors.append("rollout.group_size must be >= 2: GRPO compares rollouts of one question")
+    if not 0 <= cfg.rollout.sparse_group_size <= cfg.rollout.group_size:
+        errors.append("rollout.sparse_group_size must be in 0..rollout.group_size (0 = group_size)")
+    if cfg.rollout.temperature <= 0:
+        errors.append("rollout.temperature must be > 0: greedy rollouts are identical and give zero advantage")
+    if cfg.model.lora and not cfg.model.freeze_vision:
+        errors.append("model.lora=true adapts the language model only; set model.freeze_vision=true or model.lora=false")
+    if cfg.schedule.total_steps < 1:
+        errors.append("schedule.total_steps must be >= 1")
+    if cfg.schedule.name == "stagewise" and not 0 <= cfg.schedule.stage1_steps <= cfg.schedule.total_steps:
+        errors.append("schedule.stage1_steps must be in 0..schedule.total_steps")
+    if cfg.optim.micro_batches < 1 or cfg.optim.micro_batches > cfg.data.batch_size * cfg.rollout.group_size:
+        errors.append("optim.micro_batches must be in 1..data.batch_size * rollout.group_size (rows of the smallest update)")
+    if cfg.data.batch_size < 1 or cfg.logging.every < 1 or cfg.checkpoint.every < 0 or cfg.checkpoint.keep_last < 1:
+        errors.append("data.batch_size, logging.every and checkpoint.keep_last must be >= 1, checkpoint.every >= 0")
+    if errors:
+        from vitos.config import ConfigError
+
+        raise ConfigError("invalid training config:\n  " + "\n  ".join(errors))
+
+
+def stage_of(cfg: TrainConfig, step: int) -> int:
+    """1 or 2 for the stagewise schedule (step is 1-based), 0 for schedules without stages."""
+    if cfg.schedule.name != "stagewise":
+        return 0
+    return 1 if step <= cfg.schedule.stage1_steps else 2
+
+
+def branches_for_step(cfg: TrainConfig, step: int) -> list[Branch]:
+    """Branches whose objective is optimised at `step` (1-based), in update order."""
+    if cfg.schedule.name == "stagewise":
+        return ["grounding"] if stage_of(cfg, step) == 1 else ["sparse"]
+    return ["grounding", "sparse"]
+
+
+def lr_factor(cfg: TrainConfig, steps_done: int) -> float:
+    """Multiplier of optim.lr for the update after `steps_done` completed steps.
+
+    Warm-up is linear, reaching 1 at the `warmup_steps`-th update; then constant, linear or cosine decay to
+    0 over the rest of the current stage. The stagewise schedule restarts warm-up and decay at stage 2.
+    """
+    o, s = cfg.optim, cfg.schedule
+    start, length = 0, s.total_steps
+    if s.name == "stagewise":
+        if steps_done >= s.stage1_steps:
+            start, length = s.stage1_steps, s.total_steps - s.stage1_steps
+        else:
+            length = s.stage1_steps
+    t = steps_done - start  # updates already done in this stage
+    if t < o.warmup_steps:
+        return (t + 1) / o.warmup_steps
+    if o.scheduler == "constant":
+        return 1.0
+    span = max(1, length - o.warmup_steps)
+    progress = min(1.0, (t - o.warmup_steps) / span)
+    if o.scheduler == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
