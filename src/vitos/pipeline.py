@@ -104,10 +104,10 @@ def keep_masks(
     return masks, note
 
 
-def _prompt_seqs(adapter, samples, encoded, prompt_fn, keeps, prune) -> list[SequenceInputs]:
+def _prompt_seqs(adapter, samples, encoded, prompt_fn, keeps, prune, texts=None) -> list[SequenceInputs]:
     seqs = []
-    for s, enc, keep in zip(samples, encoded, keeps):
-        text = prompt_fn(s.question, s.options, s.kind, max(1, len(enc)))
+    for i, (s, enc, keep) in enumerate(zip(samples, encoded, keeps)):
+        text = texts[i] if texts is not None else prompt_fn(s.question, s.options, s.kind, max(1, len(enc)))
         prompt = adapter.build_prompt(text, enc)
         seqs.append(assemble(adapter, prompt, enc, keep, fusion=prune.fusion, num_contextual=prune.num_contextual))
     return seqs
@@ -122,18 +122,27 @@ def run(
     images: list[list[Any]] | None = None,
     keeps_override: list[list[torch.Tensor | None]] | None = None,
     given_boxes: list[ParsedOutput] | None = None,
+    encoded: list[list[EncodedImage]] | None = None,
+    answer_prompts: list[str] | None = None,
 ) -> list[Answer]:
     """Answer a batch of samples in `mode`.
 
     `keeps_override` (training-free baselines) skips grounding and answers from the given masks;
     `given_boxes` (user-drawn regions, `vitos infer --boxes`) replaces the grounding pass's output in
-    vitos mode, with the same fallback rules."""
+    vitos mode, with the same fallback rules. `encoded` (from `encode`) skips the vision tower for callers
+    that already ran it (the evaluation baselines score tokens before choosing masks); `answer_prompts`
+    replaces the answer pass's user text (default `sparse_prompt`), e.g. with a benchmark's own prompt."""
     prune = prune or PruneConfig()
     sampling = sampling or SamplingConfig()
+    if answer_prompts is not None and len(answer_prompts) != len(samples):
+        raise ValueError(f"{len(answer_prompts)} answer_prompts for {len(samples)} samples; give one per sample")
     t = {}
     t0 = time.perf_counter()
-    images = images if images is not None else [load_sample_images(s) for s in samples]
-    encoded = encode(adapter, images)
+    if encoded is None:
+        images = images if images is not None else [load_sample_images(s) for s in samples]
+        encoded = encode(adapter, images)
+    elif len(encoded) != len(samples):
+        raise ValueError(f"{len(encoded)} encoded image lists for {len(samples)} samples; give one per sample")
     t["encode"] = (time.perf_counter() - t0) * 1e3
 
     grounding_texts: list[str | None] = [None] * len(samples)
@@ -163,7 +172,7 @@ def run(
         raise ValueError(f"unknown mode {mode!r}; use 'full' or 'vitos'")
 
     t0 = time.perf_counter()
-    seqs = _prompt_seqs(adapter, samples, encoded, sparse_prompt, keeps, prune)
+    seqs = _prompt_seqs(adapter, samples, encoded, sparse_prompt, keeps, prune, texts=answer_prompts)
     gen = generate(adapter, seqs, sampling)
     t["answer"] = (time.perf_counter() - t0) * 1e3
 

@@ -388,13 +388,11 @@ class LlavaQwen2Adapter:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def _load_tokenizer(name_or_path: str) -> Any:
-    from transformers import AutoTokenizer, Qwen2Tokenizer
+def _load_tokenizer(name_or_path: str, text_config: Any) -> Any:
+    from transformers import AutoTokenizer
 
-    try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-    except Exception:  # noqa: BLE001 - AutoTokenizer may consult the (unknown) llava_qwen2 config
-        tok = Qwen2Tokenizer.from_pretrained(name_or_path)
+    # Passing the Qwen2 config keeps AutoTokenizer from reading config.json (a type it does not know).
+    tok = AutoTokenizer.from_pretrained(name_or_path, config=text_config, trust_remote_code=False)
     if IMAGE_TOKEN not in tok.get_vocab():
         tok.add_tokens([IMAGE_TOKEN], special_tokens=True)  # never split, never merged with neighbours
     if tok.chat_template is None:
@@ -425,7 +423,7 @@ def load_huatuo(
     if raw is None or raw.get("model_type") != MODEL_TYPE:
         raise ModelLoadError(f"{name_or_path!r} has no llava_qwen2 config.json")
     tower = str(raw.get("mm_vision_tower", "openai/clip-vit-large-patch14-336"))
-    tokenizer = _load_tokenizer(name_or_path)
+    tokenizer = _load_tokenizer(name_or_path, text_config_from_huatuo(raw))
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     if image_token_id >= raw["vocab_size"]:
         raise ModelLoadError(

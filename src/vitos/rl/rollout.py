@@ -1,0 +1,300 @@
+"""Dual-stream rollouts and the reward -> advantage plumbing, as plain dataclasses and functions.
+
+For a batch of B questions (REFERENCE §1):
+
+    encode      every image once (vision tower, no grad); both branches reuse the features
+    grounding   G rollouts O_i per question on ALL visual tokens             -> B*G rows, order (q, i)
+    prune       parse O_i's boxes -> keep masks (no usable box: keep the image whole, reason recorded)
+    sparse      G' rollouts O'_ij per O_i on its kept + fused tokens        -> B*G*G' rows, order (q, i, j)
+    score       r_ij (grounding) and r'_ij (sparse) from vitos.rl.rewards, with cross-feedback
+    advantages  grounding: over the G rollouts of a question; sparse: over all G*G' of the question
+                ("question") or the G' children of each O_i ("parent")
+
+Each branch is sampled with ONE batched `vitos.engine.generate` call (or chunks of
+`rollout.generation_batch_size` rows), on sequences assembled by `vitos.pruning.sparse.assemble`, the
+same code inference uses; prompts are built once per question and branch.
+
+The grounding rollout O_i has G' pair rewards r_ij (one per sparse child). Its scalar GRPO reward is their
+mean over j, i.e. format + IoU + acc(O_i) + (mean sparse accuracy of its children), weighted: the expected
+cross-feedback of the tokens O_i kept. Rows without ground-truth boxes skip IoU (vitos.rl.rewards).
+
+    step = collect(adapter, samples, rollout_cfg, prune_cfg, generator)
+    rewards = score(step, RewardWeights())
+    adv_g = group_advantages(rewards.grounding, rewards.grounding_groups)   # (B*G,)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vitos.data.sample import Sample
+from vitos.engine import SamplingConfig, generate
+from vitos.models.base import EncodedImage, ModelAdapter, Prompt
+from vitos.pipeline import PruneConfig, encode, keep_masks, load_sample_images
+from vitos.prompts import grounding_prompt, parse_output, sparse_prompt
+from vitos.pruning.sparse import SequenceInputs, assemble
+from vitos.rl.config import RolloutSection
+from vitos.rl.rewards import RewardWeights, accuracy_reward, grounding_rewards, sparse_rewards
+
+RewardOverride = Callable[[str, Sample, str], float]
+"""Diagnostic hook `fn(text, sample, branch) -> reward` that replaces every rollout's total reward
+(the real components are still computed and logged). For tests and sanity checks, never for training."""
+
+
+@dataclass
+class Rollout:
+    """One sampled completion, with what is needed to score it again with gradients."""
+
+    branch: str
+    """'grounding' or 'sparse'."""
+    question: int
+    """Index of the question in the step's batch."""
+    parent: int
+    """i: the grounding rollout this row is (grounding) or was launched from (sparse)."""
+    child: int
+    """j for a sparse rollout, -1 for a grounding one."""
+    text: str
+    """Decoded completion (special tokens removed)."""
+    token_ids: torch.Tensor
+    """(T,) sampled ids, ending with EOS when the policy stopped by itself."""
+    keeps: list[torch.Tensor | None]
+    """Per image of the question: (H, W) keep mask the prompt used, None = all tokens."""
+    n_visual_total: int
+    """Visual tokens of the unpruned prompt."""
+    n_visual_kept: int
+    """Visual tokens this row's prompt fed the LM (kept + fused)."""
+    stopped: bool
+    """EOS before max_new_tokens."""
+    fallback: str | None = None
+    """Grounding only: why its sparse children saw all tokens of some image (no usable box), else None."""
+
+
+@dataclass
+class StepRollouts:
+    """All rollouts of one training step, plus the shared per-question inputs."""
+
+    samples: list[Sample]
+    """The B questions."""
+    images: list[list[Any]]
+    """Per question: its PIL images."""
+    encoded: list[list[EncodedImage]]
+    """Per question: its encoded images (no grad), computed once and shared by both branches."""
+    prompts: list[dict[str, Prompt]]
+    """Per question: {'grounding': Prompt, 'sparse': Prompt}."""
+    group_size: int
+    """G."""
+    sparse_group_size: int
+    """G'."""
+    grounding: list[Rollout] = field(default_factory=list)
+    """B*G rows in (q, i) order."""
+    sparse: list[Rollout] = field(default_factory=list)
+    """B*G*G' rows in (q, i, j) order."""
+
+    def image_ids(self, question: int) -> list[int]:
+        """Indices of the question's images in the flat list of the step's images."""
+        start = sum(len(ims) for ims in self.images[:question])
+        return list(range(start, start + len(self.images[question])))
+
+    @property
+    def flat_encoded(self) -> list[EncodedImage]:
+        return [e for enc in self.encoded for e in enc]
+
+    @property
+    def flat_images(self) -> list[Any]:
+        return [im for ims in self.images for im in ims]
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------
+
+
+def build_prompts(adapter: ModelAdapter, samples: list[Sample], encoded: list[list[EncodedImage]]) -> list[dict[str, Prompt]]:
+    """Both branches' prompts per question, worded exactly as `vitos.pipeline` does at inference."""
+    out = []
+    for s, enc in zip(samples, encoded):
+        n = max(1, len(enc))
+        out.append({
+            "grounding": adapter.build_prompt(grounding_prompt(s.question, s.options, s.kind, n), enc),
+            "sparse": adapter.build_prompt(sparse_prompt(s.question, s.options, s.kind, n), enc),
+        })
+    return out
+
+
+def _sample(adapter: ModelAdapter, seqs: list[SequenceInputs], cfg: RolloutSection, generator: torch.Generator | None):
+    """Generate completions for `seqs`, in chunks of cfg.generation_batch_size rows (0 = one call)."""
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    size = cfg.generation_batch_size or len(seqs)
+    ids, texts, stopped = [], [], []
+    for k in range(0, len(seqs), size):
+        gen = generate(adapter, seqs[k : k + size], sampling, generator)
+        ids += gen.token_ids
+        texts += gen.texts
+        stopped += gen.stopped
+    return ids, texts, stopped
+
+
+@torch.no_grad()
+def sample_grounding(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection, prune: PruneConfig,
+                     generator: torch.Generator | None) -> list[Rollout]:
+    """G rollouts per question on all visual tokens; each gets the keep masks its boxes imply."""
+    g = step.group_size
+    seqs, owners = [], []
+    for q, (prompts, enc) in enumerate(zip(step.prompts, step.encoded)):
+        seq = assemble(adapter, prompts["grounding"], enc, None, fusion=prune.fusion, num_contextual=prune.num_contextual)
+        seqs += [seq] * g
+        owners += [(q, i) for i in range(g)]
+    ids, texts, stopped = _sample(adapter, seqs, cfg, generator)
+    rows = []
+    for (q, i), seq, tok, text, stop in zip(owners, seqs, ids, texts, stopped):
+        enc = step.encoded[q]
+        keeps, fallback = keep_masks(parse_output(text, "grounding", n_images=len(enc)), enc, prune)
+        rows.append(Rollout("grounding", q, i, -1, text, tok, keeps, seq.n_visual_total, seq.n_visual_kept, stop, fallback))
+    return rows
+
+
+@torch.no_grad()
+def sample_sparse(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection, prune: PruneConfig,
+                  generator: torch.Generator | None) -> list[Rollout]:
+    """G' rollouts per grounding rollout, on the tokens its boxes kept (+ fused ones)."""
+    g2 = step.sparse_group_size
+    seqs, parents = [], []
+    for parent in step.grounding:
+        seq = assemble(adapter, step.prompts[parent.question]["sparse"], step.encoded[parent.question], parent.keeps,
+                       fusion=prune.fusion, num_contextual=prune.num_contextual)
+        seqs += [seq] * g2
+        parents += [parent] * g2
+    ids, texts, stopped = _sample(adapter, seqs, cfg, generator)
+    return [
+        Rollout("sparse", p.question, p.parent, k % g2, text, tok, p.keeps, seq.n_visual_total, seq.n_visual_kept, stop)
+        for k, (p, seq, tok, text, stop) in enumerate(zip(parents, seqs, ids, texts, stopped))
+    ]
+
+
+def collect(adapter: ModelAdapter, samples: list[Sample], cfg: RolloutSection, prune: PruneConfig,
+            generator: torch.Generator | None, sparse_group_size: int | None = None) -> StepRollouts:
+    """Encode every image once, then grounding rollouts, then sparse rollouts (the full G x G' tree)."""
+    images = [load_sample_images(s) for s in samples]
+    encoded = encode(adapter, images)  # vision tower: once per image for the whole step
+    step = StepRollouts(samples, images, encoded, build_prompts(adapter, samples, encoded),
+                        cfg.group_size, sparse_group_size or cfg.sparse_group_size or cfg.group_size)
+    step.grounding = sample_grounding(step, adapter, cfg, prune, generator)
+    step.sparse = sample_sparse(step, adapter, cfg, prune, generator)
+    return step
+
+
+# --------------------------------------------------------------------------------------------------
+# Rewards and groups
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepRewards:
+    """Scalar rewards and GRPO group ids of both branches, plus the components for logging."""
+
+    grounding: torch.Tensor
+    """(B*G,) r_i = mean_j r_ij, in (q, i) order."""
+    sparse: torch.Tensor
+    """(B*G*G',) r'_ij, in (q, i, j) order."""
+    grounding_groups: torch.Tensor
+    """(B*G,) long: the question index."""
+    sparse_groups: torch.Tensor
+    """(B*G*G',) long: the question index ('question') or q*G + i ('parent')."""
+    grounding_parts: list[dict[str, float | None]]
+    """(B*G) per-rollout components {format, iou, accuracy, cross, total}; cross and total averaged over j."""
+    sparse_parts: list[dict[str, float | None]]
+    """(B*G*G') per-rollout components {format, accuracy, cross, total}."""
+
+
+def group_ids(n_questions: int, g: int, g2: int, sparse_grouping: str = "question") -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO group ids: (B*G,) for grounding rows and (B*G*G',) for sparse rows, in rollout order."""
+    if sparse_grouping not in ("question", "parent"):
+        raise ValueError(f"sparse_grouping must be 'question' or 'parent', got {sparse_grouping!r}")
+    grounding = torch.arange(n_questions).repeat_interleave(g)  # (B*G,) q
+    parents = torch.arange(n_questions * g).repeat_interleave(g2)  # (B*G*G',) q*G + i
+    sparse = parents // g if sparse_grouping == "question" else parents
+    return grounding, sparse
+
+
+def score(step: StepRollouts, weights: RewardWeights | None = None, sparse_grouping: str = "question",
+          override: RewardOverride | None = None) -> StepRewards:
+    """Rewards of every rollout of the step, with cross-feedback between the two branches.
+
+    acc(O'_ij) enters r_ij and acc(O_i) enters r'_ij; both come from the real judge even when `override`
+    replaces the totals (so the logged components stay meaningful).
+    """
+    g, g2 = step.group_size, step.sparse_group_size
+    if len(step.grounding) != len(step.samples) * g or len(step.sparse) != len(step.grounding) * g2:
+        raise ValueError(
+            f"expected {len(step.samples) * g} grounding and {len(step.samples) * g * g2} sparse rollouts, got "
+            f"{len(step.grounding)} and {len(step.sparse)}; rollouts must form the full G x G' tree"
+        )
+    g_parts: list[dict[str, float | None]] = []
+    s_parts: list[dict[str, float | None]] = []
+    for q, sample in enumerate(step.samples):
+        ground = step.grounding[q * g : (q + 1) * g]
+        children = [step.sparse[(q * g + i) * g2 : (q * g + i + 1) * g2] for i in range(g)]
+        sparse_acc = [[accuracy_reward(c.text, sample, "sparse") for c in row] for row in children]  # (G, G')
+        g_rows = grounding_rewards([o.text for o in ground], sparse_acc, sample, weights)
+        ground_acc = [row[0]["accuracy"] for row in g_rows]  # (G,)
+        s_rows = sparse_rewards([[c.text for c in row] for row in children], ground_acc, sample, weights)
+        for i, row in enumerate(g_rows):
+            parts = dict(row[0])
+            parts["cross"] = sum(c["cross"] for c in row) / len(row)
+            parts["total"] = sum(c["total"] for c in row) / len(row)  # r_i = mean_j r_ij
+            if override is not None:
+                parts["total"] = float(override(ground[i].text, sample, "grounding"))
+            g_parts.append(parts)
+        for i, row in enumerate(s_rows):
+            for j, parts in enumerate(row):
+                parts = dict(parts)
+                if override is not None:
+                    parts["total"] = float(override(children[i][j].text, sample, "sparse"))
+                s_parts.append(parts)
+    g_groups, s_groups = group_ids(len(step.samples), g, g2, sparse_grouping)
+    return StepRewards(
+        grounding=torch.tensor([p["total"] for p in g_parts], dtype=torch.float32),
+        sparse=torch.tensor([p["total"] for p in s_parts], dtype=torch.float32),
+        grounding_groups=g_groups,
+        sparse_groups=s_groups,
+        grounding_parts=g_parts,
+        sparse_parts=s_parts,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Micro-batching
+# --------------------------------------------------------------------------------------------------
+
+
+def split_rows(n_rows: int, n_chunks: int) -> list[range]:
+    """Split row indices 0..n_rows-1 into `n_chunks` contiguous, non-empty, near-equal ranges."""
+    if not 1 <= n_chunks <= n_rows:
+        raise ValueError(f"cannot split {n_rows} rows into {n_chunks} non-empty micro-batches; lower optim.micro_batches")
+    base, extra = divmod(n_rows, n_chunks)
+    out, start = [], 0
+    for k in range(n_chunks):
+        end = start + base + (1 if k < extra else 0)
+        out.append(range(start, end))
+        start = end
+    return out
+
+
+def chunk_weight(chunk_lengths: list[int], all_lengths: list[int], agg: str) -> float:
+    """Weight w of a micro-batch loss so that sum over chunks of w * loss(chunk) == loss(all rows).
+
+    `*_lengths` are completion lengths (tokens) of the chunk's rows and of all rows of the update.
+    token-mean: w = tokens(chunk) / tokens(all); seq-mean: rows with tokens, same ratio; dr-grpo:
+    rows(chunk) / rows(all) (with max_len fixed to the longest completion of the whole update).
+    """
+    if agg == "token-mean":
+        return sum(chunk_lengths) / max(1, sum(all_lengths))
+    if agg == "seq-mean":
+        return sum(n > 0 for n in chunk_lengths) / max(1, sum(n > 0 for n in all_lengths))
+    if agg == "dr-grpo":
+        return len(chunk_lengths) / max(1, len(all_lengths))
+    raise ValueError(f"unknown aggregation {agg!r}")
