@@ -204,6 +204,19 @@ def test_bad_inputs_are_rejected_with_a_message():
     with pytest.raises(ValueError, match="bool"):
         fuse_tokens(feats, keep.long(), pos)
     with pytest.raises(ValueError, match="positions"):
-        fuse_tokens(feats, keep, pos[:2])
+        fuse_tokens(feats, keep, pos[:, :-1])
+    with pytest.raises(ValueError, match="positions"):
+        fuse_tokens(feats, keep, pos.float())
+
+
+@pytest.mark.parametrize("mode", ["none", "merge", "contextual"])
+def test_one_row_positions_for_1d_rope_families(mode):
+    """LLaVA-style families carry (1, N) positions; the kept rows keep their original index."""
+    feats, keep, pos = _random_case(1)
+    pos1 = pos[:1]  # (1, N)
+    fused = fuse_tokens(feats, keep, pos1, mode=mode, num_contextual=2)
+    assert fused.positions.shape == (1, fused.embeds.shape[0])
+    kept = keep.nonzero().squeeze(1)
+    assert torch.equal(fused.positions[:, : fused.n_kept], pos1[:, kept])
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         fuse_tokens(feats[None], keep, pos)

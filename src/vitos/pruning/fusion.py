@@ -73,7 +73,7 @@ def fuse_tokens(
     Args:
         features: (N, D) merged visual features of one image, raster order.
         keep: (N,) bool, True for tokens to keep (e.g. `boxes_to_keep_mask(...).flatten()`).
-        positions: (3, N) long original M-RoPE (t, h, w) position of each token.
+        positions: (P, N) long original rotary position of each token (P = 3: M-RoPE (t, h, w); P = 1: 1-D).
         mode: 'none', 'merge' or 'contextual' (see the module docstring).
         num_contextual: number of extra tokens in 'contextual' mode (capped at the number pruned).
 
@@ -151,7 +151,7 @@ def _contextual_tokens(
     extra = (sums / counts[:, None]).to(pruned.dtype)  # (E, D) plain group means
 
     g_pos = group.to(pruned_pos.device)
-    pos_sum = torch.zeros(3, n_extra, dtype=torch.float64, device=pruned_pos.device).index_add(
+    pos_sum = torch.zeros(pruned_pos.shape[0], n_extra, dtype=torch.float64, device=pruned_pos.device).index_add(
         1, g_pos, pruned_pos.to(torch.float64)
     )  # (3, E)
     pos_mean = pos_sum / counts.to(device=pruned_pos.device, dtype=torch.float64)[None, :]  # (3, E)
@@ -172,10 +172,10 @@ def _check_inputs(
             f"keep must be a ({n},) bool tensor matching features, got {keep.dtype} {tuple(keep.shape)}; "
             "pass keep_mask.flatten()"
         )
-    if positions.shape != (3, n) or positions.dtype.is_floating_point:
+    if positions.ndim != 2 or positions.shape[1] != n or positions.dtype.is_floating_point:
         raise ValueError(
-            f"positions must be a (3, {n}) integer tensor of (t, h, w) ids, got {positions.dtype} "
-            f"{tuple(positions.shape)}"
+            f"positions must be a (P, {n}) integer tensor (P = 3 for M-RoPE (t, h, w), 1 for 1-D RoPE), "
+            f"got {positions.dtype} {tuple(positions.shape)}"
         )
     if num_contextual < 0:
         raise ValueError(f"num_contextual must be >= 0, got {num_contextual}")
