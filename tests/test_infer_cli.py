@@ -127,3 +127,22 @@ def test_vision_tower_runs_once_per_image_in_two_stage_inference(tiny_adapter):
     finally:
         handle.remove()
     assert len(calls) == 1  # one tower call for both images, reused by the grounding and the sparse pass
+
+
+def test_infer_reads_dicom_and_16_bit_png(tiny_model_dir, tmp_path, capsys):
+    from test_images import _write_dicom
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 4000, (128, 160), dtype=np.uint16)
+    dcm = _write_dicom(tmp_path / "scan.dcm", pixels, center=1000, width=2000)
+    png16 = tmp_path / "scan16.png"
+    Image.fromarray(pixels.astype(np.uint16)).save(png16)
+    for path in (dcm, png16):
+        overlay = tmp_path / (path.stem + "_ov.png")
+        rc, out, err = _infer(capsys, "--model", tiny_model_dir, "--image", str(path), "--question", "q", "--json",
+                              "--boxes", "[[0,0,0.5,1]]", "--overlay", str(overlay), "--max-new-tokens", "2",
+                              "--device", "cpu", "--dtype", "float32")
+        assert rc == 0, err
+        rec = json.loads(out)
+        assert rec["fallback"] is None and 0 < rec["visual_tokens_kept"] < rec["visual_tokens_total"]
+        assert Image.open(overlay).size == (160, 128)

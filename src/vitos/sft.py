@@ -2,23 +2,37 @@
 
 Real VLMs (Lingshu-7B, HuatuoGPT-Vision-7B) can already follow instructions and point at regions; a
 randomly initialised tiny model cannot, and RL from random text would never sample a valid box. This
-stage minimises the negative log-likelihood of reference completions for BOTH branches, built from
-samples that carry evidence boxes (MedPhantom, ViTAR-16K):
+stage minimises the negative log-likelihood of reference completions built from samples that carry
+evidence boxes (MedPhantom, ViTAR-16K). Per sample, up to three sequences:
 
-    grounding:  full tokens + grounding prompt -> "<think>T</think><box>[[gt box]]</box><answer>A</answer>"
-    sparse:     tokens inside the GT box (+ fusion) + sparse prompt -> "<think>T</think><answer>A</answer>"
+    grounding     all tokens + grounding prompt  -> "<think>Tg</think><box>[[gt box]]</box><answer>A</answer>"
+    sparse        tokens kept by a (jittered) GT box + fusion + sparse prompt -> "<think>Ts</think><answer>A</answer>"
+    full answer   all tokens + sparse prompt     -> "<think>Ts</think><answer>A</answer>"   (full_answer=True)
 
-T is the sample's `meta["thinking"]` (its first sentence with think="short"), A the reference answer.
-The paper starts RL from instruction-tuned checkpoints and has no such stage; it exists so the embedded
-demo can run the paper's RL on a CPU (`vitos demo` calls it). All parameters train, the vision tower
-included (the tiny tower is random too).
+Tg says where the evidence is, Ts what it shows (`think_texts`), A is the reference answer.
+
+Why each piece:
+  * the box target is jittered for the sparse sequence (`box_jitter`), so the sparse branch learns to
+    answer from the slightly-off boxes the grounding branch will really produce, not only from perfect ones;
+  * the full-answer sequence trains the same answer head on all visual tokens. `vitos.pipeline.run(mode=
+    "full")` answers with the sparse prompt on all tokens; without this sequence that baseline would be
+    scored on inputs it never saw in training, and "pruning helps" would be an artefact of the warm start;
+  * think='compact' uses two short generated sentences instead of MedPhantom's long `meta["thinking"]`:
+    every target token is a decoding step in every RL rollout, so short targets make RL several times
+    faster on a CPU. Samples without MedPhantom metadata fall back to the first sentence of
+    `meta["thinking"]` (or a fixed sentence).
+
+Departure from the paper: the paper starts RL from instruction-tuned checkpoints and has no such stage;
+it exists so the embedded demo (`vitos demo`) can run the paper's RL on a CPU. All parameters train, the
+vision tower included (the tiny tower is random too).
 
     from vitos.sft import SFTConfig, warm_start
-    losses = warm_start(adapter, train_samples, SFTConfig(steps=300))
+    losses = warm_start(adapter, train_samples, SFTConfig(steps=300), PruneConfig(margin=0.05))
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -34,6 +48,9 @@ from vitos.prompts import format_grounding_target, format_sparse_target, groundi
 from vitos.pruning.boxes import boxes_to_keep_mask
 from vitos.pruning.sparse import assemble
 
+THINK_STYLES = ("compact", "short", "full", "none")
+_NUMBER_WORDS = {0: "no", 1: "one", 2: "two", 3: "three", 4: "four"}
+
 
 @dataclass
 class SFTConfig:
@@ -42,30 +59,96 @@ class SFTConfig:
     steps: int = 300
     """Optimizer steps."""
     batch_size: int = 8
-    """Samples per step (each gives one grounding and one sparse target)."""
+    """Samples per step (each gives a grounding, a sparse and, with full_answer, a full-token target)."""
     lr: float = 1e-3
-    """AdamW learning rate (constant after a 10-step warm-up)."""
+    """AdamW peak learning rate (linear warm-up over `warmup_steps`, then `schedule`)."""
+    warmup_steps: int = 10
+    """Steps of linear learning-rate warm-up."""
+    schedule: str = "constant"
+    """After warm-up: 'constant' or 'cosine' (decays to 10 % of `lr` at the last step)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    think: str = "short"
-    """Reasoning target: 'short' (first sentence of meta['thinking']), 'full', or 'none' (empty think)."""
+    think: str = "compact"
+    """Reasoning target: 'compact' (where / what, two short sentences), 'short' (first sentence of
+    meta['thinking'] for both branches), 'full' (all of meta['thinking']) or 'none' (a fixed sentence)."""
+    full_answer: bool = True
+    """Also train the sparse prompt on ALL visual tokens (the `mode='full'` baseline's input)."""
+    box_jitter: float = 0.0
+    """Sparse sequence: move each GT box side by up to this much (uniform, normalised units) before
+    selecting tokens, so the sparse branch tolerates imperfect predicted boxes (0 = exact GT boxes)."""
+    box_decimals: int = 2
+    """Decimals of box coordinates in the grounding target."""
     seed: int = 0
-    """Seeds the sample order."""
+    """Seeds the sample order and the box jitter."""
+
+    def __post_init__(self) -> None:
+        if self.think not in THINK_STYLES:
+            raise ValueError(f"think must be one of {THINK_STYLES}, got {self.think!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
 
 
-def think_text(sample: Sample, style: str) -> str:
-    text = str(sample.meta.get("thinking", "")).strip()
-    if style == "none" or not text:
-        return "Look at the evidence."
-    if style == "short":
-        return text.split(". ")[0].rstrip(".") + "."
-    return text
+# --------------------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------------------
 
 
-def targets(sample: Sample, style: str) -> tuple[str, str]:
+def _first_sentence(text: str) -> str:
+    return text.split(". ")[0].rstrip(".") + "."
+
+
+def think_texts(sample: Sample, style: str) -> tuple[str, str]:
+    """(grounding think, sparse think) for one sample.
+
+    'compact' on a MedPhantom sample: ("The kidney is in the upper left.", "The kidney shows one dark
+    lesion."): the grounding branch names the place it will box, the sparse branch what the kept tokens
+    show. Other samples, and other styles, use `meta["thinking"]` as described on `SFTConfig.think`.
+    """
+    if style not in THINK_STYLES:
+        raise ValueError(f"think style must be one of {THINK_STYLES}, got {style!r}")
+    meta = sample.meta
+    text = str(meta.get("thinking", "")).strip()
+    if style == "none" or (not text and style != "compact"):
+        return "Look at the evidence.", "Look at the evidence."
+    if style == "compact" and {"organ", "location", "lesions"} <= set(meta):
+        organ, lesions = meta["organ"], meta["lesions"]
+        n = len(lesions)
+        if n == 0:
+            what = "no lesion"
+        else:
+            what = f"{_NUMBER_WORDS.get(n, str(n))} {lesions[0]['brightness']} lesion{'s' if n > 1 else ''}"
+        return f"The {organ} is in the {meta['location']}.", f"The {organ} shows {what}."
+    if style == "compact":
+        short = _first_sentence(text) if text else "Look at the evidence."
+        return short, short
+    think = _first_sentence(text) if style == "short" else text
+    return think, think
+
+
+def targets(sample: Sample, style: str, decimals: int = 2) -> tuple[str, str]:
     """(grounding target, sparse target) for one sample with ground-truth boxes."""
-    think = think_text(sample, style)
-    return (format_grounding_target(think, sample.boxes, sample.answer), format_sparse_target(think, sample.answer))
+    g_think, s_think = think_texts(sample, style)
+    return (
+        format_grounding_target(g_think, sample.boxes, sample.answer, decimals=decimals),
+        format_sparse_target(s_think, sample.answer),
+    )
+
+
+def jitter_boxes(boxes: list[list[float]], amount: float, rng: random.Random) -> list[list[float]]:
+    """Move every side of every box by U(-amount, amount), clipped to [0, 1], never inverting a box."""
+    if amount <= 0:
+        return [list(b) for b in boxes]
+    out = []
+    for x1, y1, x2, y2 in boxes:
+        nx1, ny1, nx2, ny2 = (v + rng.uniform(-amount, amount) for v in (x1, y1, x2, y2))
+        nx1, ny1 = min(max(nx1, 0.0), 1.0), min(max(ny1, 0.0), 1.0)
+        nx2, ny2 = min(max(nx2, 0.0), 1.0), min(max(ny2, 0.0), 1.0)
+        if nx2 - nx1 < 1e-3 or ny2 - ny1 < 1e-3:  # jitter collapsed the box: keep the original
+            nx1, ny1, nx2, ny2 = x1, y1, x2, y2
+        out.append([nx1, ny1, nx2, ny2])
+    return out
 
 
 def _tokens(adapter: ModelAdapter, text: str) -> torch.Tensor:
@@ -73,9 +156,21 @@ def _tokens(adapter: ModelAdapter, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def sft_loss(adapter: ModelAdapter, samples: list[Sample], images: list[list[Any]], cfg: SFTConfig,
-             prune: PruneConfig) -> torch.Tensor:
-    """Mean token NLL of both branches' targets for a batch (vision tower runs once, with gradients)."""
+# --------------------------------------------------------------------------------------------------
+# Loss and loop
+# --------------------------------------------------------------------------------------------------
+
+
+def sft_loss(
+    adapter: ModelAdapter,
+    samples: list[Sample],
+    images: list[list[Any]],
+    cfg: SFTConfig,
+    prune: PruneConfig,
+    rng: random.Random | None = None,
+) -> torch.Tensor:
+    """Mean token NLL of every target sequence of a batch (the vision tower runs once, with gradients)."""
+    rng = rng or random.Random(cfg.seed)
     flat = [im for ims in images for im in ims]
     encoded_flat = adapter.encode_images(flat)
     seqs, comps = [], []
@@ -83,17 +178,34 @@ def sft_loss(adapter: ModelAdapter, samples: list[Sample], images: list[list[Any
     for s, ims in zip(samples, images):
         enc = encoded_flat[i : i + len(ims)]
         i += len(ims)
-        g_target, s_target = targets(s, cfg.think)
-        g_prompt = adapter.build_prompt(grounding_prompt(s.question, s.options, s.kind, len(enc)), enc)
+        g_target, s_target = targets(s, cfg.think, cfg.box_decimals)
+        n = len(enc)
+        g_prompt = adapter.build_prompt(grounding_prompt(s.question, s.options, s.kind, n), enc)
+        s_prompt = adapter.build_prompt(sparse_prompt(s.question, s.options, s.kind, n), enc)
         seqs.append(assemble(adapter, g_prompt, enc))
         comps.append(_tokens(adapter, g_target))
-        keep = [boxes_to_keep_mask(s.boxes, enc[0].grid_hw, margin=prune.margin, min_keep=prune.min_keep)]
-        keep += [None] * (len(enc) - 1)
-        s_prompt = adapter.build_prompt(sparse_prompt(s.question, s.options, s.kind, len(enc)), enc)
+        # Sample.boxes refer to images[0]; further images are kept whole.
+        boxes = jitter_boxes(s.boxes, cfg.box_jitter, rng)
+        keep = [boxes_to_keep_mask(boxes, enc[0].grid_hw, margin=prune.margin, min_keep=prune.min_keep)]
+        keep += [None] * (n - 1)
         seqs.append(assemble(adapter, s_prompt, enc, keep, fusion=prune.fusion, num_contextual=prune.num_contextual))
         comps.append(_tokens(adapter, s_target))
-    logp, mask = completion_logprobs(adapter, seqs, comps)  # (2B, T)
+        if cfg.full_answer:
+            seqs.append(assemble(adapter, s_prompt, enc))
+            comps.append(_tokens(adapter, s_target))
+    logp, mask = completion_logprobs(adapter, seqs, comps)  # (S, T) each
     return -(logp * mask).sum() / mask.sum()
+
+
+def lr_factor(cfg: SFTConfig, step: int) -> float:
+    """Multiplier of cfg.lr at 0-based `step`: linear warm-up, then constant or cosine to 0.1."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup_steps - 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def warm_start(
@@ -103,7 +215,10 @@ def warm_start(
     prune: PruneConfig | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Train on both branches' reference completions; returns the loss per step."""
+    """Train on the reference completions of both branches; returns the loss per step.
+
+    Only samples with ground-truth boxes are used. Images are loaded once up front.
+    """
     cfg = cfg or SFTConfig()
     prune = prune or PruneConfig()
     usable = [s for s in samples if s.boxes]
@@ -115,21 +230,23 @@ def warm_start(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step))
     order: list[Sample] = []
     losses = []
-    for step in range(cfg.steps):
-        if len(order) < cfg.batch_size:
-            order += rng.sample(usable, len(usable))
-        batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
-        loss = sft_loss(adapter, batch, [images[s.id] for s in batch], cfg, prune)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
-        if on_step:
-            on_step(step, losses[-1])
-    model.eval()
+    try:
+        for step in range(cfg.steps):
+            if len(order) < cfg.batch_size:
+                order += rng.sample(usable, len(usable))
+            batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            loss = sft_loss(adapter, batch, [images[s.id] for s in batch], cfg, prune, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            if on_step:
+                on_step(step, losses[-1])
+    finally:
+        model.eval()
     return losses
