@@ -4,25 +4,53 @@
     adapter = load_model("lingshu-medical-mllm/Lingshu-7B", dtype="bfloat16", device="cuda")
     adapter = load_model("/tmp/tiny")            # a `vitos tiny-model` folder, same code path
 
-Weights load with safetensors only and never with `trust_remote_code`. The family is read from the
-config's `model_type`; checkpoints that ship custom code (HuatuoGPT-Vision-7B's `llava_qwen2`) are detected
-from the raw config.json, before AutoConfig (which does not know their type), and mapped onto
-transformers' own classes by their family module (`vitos.models.llava_qwen2`).
+Weights load with safetensors only and never with `trust_remote_code`. The family is the raw config.json's
+`model_type`, looked up in `FAMILIES`; checkpoints that ship custom code (HuatuoGPT-Vision-7B's
+`llava_qwen2`, which AutoConfig does not know) are mapped onto transformers' own classes by their family
+module (`vitos.models.llava_qwen2`). docs/adding_a_model_family.md says how to add one.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from vitos.models.base import EncodedImage, ModelAdapter, Prompt
 
-SUPPORTED_MODEL_TYPES = {
-    "qwen2_5_vl": "Qwen2.5-VL (Lingshu-7B, HuatuoGPT-Vision-7B-Qwen2.5VL, Qwen2.5-VL-*)",
-    "llava_qwen2": "LLaVA-Qwen2 (HuatuoGPT-Vision-7B), loaded as transformers' LLaVA",
+
+@dataclass(frozen=True)
+class Family:
+    """One supported `model_type`: how to load it (and, for types AutoConfig cannot read, its config)."""
+
+    description: str
+    """Which checkpoints this is, for error messages and docs."""
+    loader: str
+    """'module:function' with signature (name_or_path, dtype, device, attn_implementation) -> ModelAdapter."""
+    config: str | None = None
+    """'module:function' name_or_path -> transformers config, for custom-code types; None = AutoConfig."""
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2_5_vl": Family(
+        "Qwen2.5-VL (Lingshu-7B, HuatuoGPT-Vision-7B-Qwen2.5VL, Qwen2.5-VL-*)", "vitos.models:_load_qwen2_5_vl"
+    ),
+    "llava_qwen2": Family(
+        "LLaVA-Qwen2 (HuatuoGPT-Vision-7B, original custom-code release), loaded as transformers' LLaVA",
+        "vitos.models.llava_qwen2:load_huatuo", config="vitos.models.llava_qwen2:read_huatuo_config",
+    ),
+    "llava": Family(
+        "transformers' LLaVA with a Qwen2 LM (a converted or vitos-trained HuatuoGPT-Vision-7B)",
+        "vitos.models.llava_qwen2:load_llava",
+    ),
 }
+"""config.json `model_type` -> family. Adding a family: one module with its adapter and loader, one entry here."""
+
+SUPPORTED_MODEL_TYPES = {name: fam.description for name, fam in FAMILIES.items()}
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -48,24 +76,40 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _custom_code_type(name_or_path: str) -> str | None:
-    """'llava_qwen2' when the raw config.json says so (AutoConfig cannot read that type), else None."""
-    from vitos.models.llava_qwen2 import MODEL_TYPE, read_raw_config
+def _resolve(ref: str) -> Callable[..., Any]:
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
-    raw = read_raw_config(name_or_path)
-    return MODEL_TYPE if raw is not None and raw.get("model_type") == MODEL_TYPE else None
+
+def read_raw_config(name_or_path: str) -> dict[str, Any] | None:
+    """config.json of a folder, a .json file or a hub id as a plain dict; None when it cannot be read."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(name_or_path, "config.json", _raise_exceptions_for_missing_entries=False)
+        except Exception:  # noqa: BLE001 - unknown repo / offline: read_config reports AutoConfig's error
+            return None
+        if found is None:
+            return None
+        path = Path(found)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_config(name_or_path: str) -> Any:
-    """The model's transformers config; for a `llava_qwen2` checkpoint, the `LlavaConfig` it maps onto."""
+    """The model's transformers config; a custom-code type (`llava_qwen2`) gives the config it maps onto."""
     from transformers import AutoConfig
 
-    if _custom_code_type(name_or_path) is not None:
-        from vitos.models.llava_qwen2 import llava_config_from_huatuo, read_raw_config, vision_config_from_huatuo
-
-        raw = read_raw_config(name_or_path)
-        base = name_or_path if os.path.isdir(name_or_path) else os.path.dirname(name_or_path) or None
-        return llava_config_from_huatuo(raw, vision_config_from_huatuo(raw, base))
+    raw = read_raw_config(name_or_path)
+    family = FAMILIES.get(raw.get("model_type")) if raw is not None else None
+    if family is not None and family.config is not None:
+        return _resolve(family.config)(name_or_path)
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=False)
     except Exception as err:  # noqa: BLE001 - re-raised with a message a user can act on
@@ -79,17 +123,13 @@ def read_config(name_or_path: str) -> Any:
 def build_on_meta(name_or_path: str) -> Any:
     """Construct the model of a config (hub id, folder or config.json) on the meta device: no weights,
     no memory; used to count parameters and plan sharding before a download."""
-    config = read_config(name_or_path)
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
-    if isinstance(config, LlavaConfig) and _custom_code_type(name_or_path) is not None:
-        cls = LlavaForConditionalGeneration
-    elif getattr(config, "model_type", None) == "qwen2_5_vl":
-        cls = Qwen2_5_VLForConditionalGeneration
-    else:
-        raise ModelLoadError(f"build_on_meta supports {sorted(SUPPORTED_MODEL_TYPES)}, got {config.model_type!r}")
+    config = read_config(name_or_path)
+    if config.model_type not in FAMILIES:
+        raise ModelLoadError(f"build_on_meta supports {sorted(FAMILIES)}, got {config.model_type!r}")
     with torch.device("meta"):
-        return cls(config)
+        return AutoModelForImageTextToText.from_config(config)
 
 
 def load_model(
@@ -99,32 +139,37 @@ def load_model(
     attn_implementation: str = "sdpa",
 ) -> ModelAdapter:
     """Load a supported VLM and wrap it in its family adapter (eval mode; the trainer switches modes)."""
-    torch_dtype = resolve_dtype(dtype)
-    dev = resolve_device(device)
-    if _custom_code_type(name_or_path) == "llava_qwen2":
-        from vitos.models.llava_qwen2 import load_huatuo
-
-        return load_huatuo(name_or_path, torch_dtype, dev, attn_implementation)
-    config = read_config(name_or_path)
-    model_type = getattr(config, "model_type", None)
-    if model_type == "qwen2_5_vl":
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-        from vitos.models.qwen2_5_vl import QwenVLAdapter
-
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation, use_safetensors=True,
-            trust_remote_code=False,
-        ).to(dev)
-        model.eval()
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(name_or_path)
-        return QwenVLAdapter(model, tokenizer, image_processor)
-    raise ModelLoadError(
-        f"{name_or_path!r} has model_type {model_type!r}, which vitos does not support. "
-        f"Supported: {', '.join(f'{k} ({v})' for k, v in SUPPORTED_MODEL_TYPES.items())}."
-    )
+    raw = read_raw_config(name_or_path)
+    # The raw model_type first: AutoConfig cannot read custom-code types such as llava_qwen2.
+    model_type = raw.get("model_type") if raw is not None else getattr(read_config(name_or_path), "model_type", None)
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise ModelLoadError(
+            f"{name_or_path!r} has model_type {model_type!r}, which vitos does not support. "
+            f"Supported: {', '.join(f'{k} ({v})' for k, v in SUPPORTED_MODEL_TYPES.items())}."
+        )
+    return _resolve(family.loader)(name_or_path, resolve_dtype(dtype), resolve_device(device), attn_implementation)
 
 
-__all__ = ["EncodedImage", "ModelAdapter", "ModelLoadError", "Prompt", "build_on_meta", "load_model", "resolve_dtype", "resolve_device"]
+def _load_qwen2_5_vl(
+    name_or_path: str, dtype: torch.dtype, device: torch.device, attn_implementation: str
+) -> ModelAdapter:
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from vitos.models.qwen2_5_vl import QwenVLAdapter
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        name_or_path, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
+        trust_remote_code=False,
+    ).to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(name_or_path)
+    return QwenVLAdapter(model, tokenizer, image_processor)
+
+
+__all__ = [
+    "FAMILIES", "EncodedImage", "Family", "ModelAdapter", "ModelLoadError", "Prompt", "build_on_meta", "load_model",
+    "read_config", "read_raw_config", "resolve_dtype", "resolve_device",
+]

@@ -1,18 +1,23 @@
 """The model-family adapter contract: everything the pruning engine needs from a VLM, and nothing more.
 
-A family (Qwen2.5-VL, LLaVA-Qwen2, ...) is one file implementing `ModelAdapter`. The engine, the trainer
-and the evaluator only ever talk to this interface, so adding a family (say Qwen3-VL) means writing one
-adapter:
+A family (Qwen2.5-VL, LLaVA-Qwen2, ...) is one module implementing `ModelAdapter` plus a loader, registered
+by one entry in `vitos.models.FAMILIES` (docs/adding_a_model_family.md walks through it). The engine, the
+pipeline, the trainer and the evaluator only ever talk to this interface:
 
-    encode_images(images)        -> list[EncodedImage]   the vision tower runs here, once per image
-    build_prompt(text, n_images) -> Prompt               chat template, placeholders expanded, positions
-    embed_tokens(ids)            -> (L, D)               text embeddings
-    lm_forward(embeds, positions, attention_mask, cache) -> (logits, cache)
+    encode_images(images)                  -> list[EncodedImage]  processor + vision tower, ONCE per image
+    build_prompt(text, images, system)     -> Prompt              chat format, placeholders expanded, positions
+    embed_tokens(ids)                      -> (..., L, D)         text embeddings
+    lm_forward(embeds, positions, mask, cache, logits_to_keep) -> (logits, cache)   LM + head, no vision
+    eos_token_ids, suppressed_token_ids, pad_token_id, dtype, model, tokenizer, num_position_rows
 
-Positions are a (P, L) long tensor: P = 3 for Qwen's M-RoPE (temporal, height, width), P = 1 for 1-D RoPE.
-Every visual token carries its ORIGINAL position; pruning index-selects, never re-indexes (REFERENCE §2:
-re-indexing destroys the spatial code the model was trained with). A token appended after the prompt
-gets position max(prompt positions) + 1, on every row.
+`model.config.get_text_config()` must describe the language model: the decoder builds its KV cache from it.
+
+Positions are a (P, L) long tensor: P = 3 for Qwen's M-RoPE (temporal, height, width), P = 1 for 1-D RoPE
+(LLaVA-Qwen2). Every visual token carries its ORIGINAL position; pruning index-selects, never re-indexes
+(REFERENCE §2: re-indexing destroys the spatial code the model was trained with). A token appended after
+the prompt gets position max(prompt positions) + 1, on every row. `lm_forward` always receives a 2-D
+padding mask; with 1-D positions it must pass it on (transformers reads a position gap without a mask as
+a packed-sequence boundary).
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ class EncodedImage:
     features: torch.Tensor
     """(N, D) merged visual token features, N = grid_hw[0] * grid_hw[1], raster (row-major) order."""
     grid_hw: tuple[int, int]
-    """(H, W) of the merged token grid; a normalised box maps onto it directly."""
+    """(H, W) of the merged token grid. A box normalised to the grid maps onto it directly; when the grid
+    covers more than the image (LLaVA's pad-to-square), `extra["content_box"]` says where the image is."""
     image_size: tuple[int, int]
     """(width, height) of the image as loaded, before the processor resized it."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Family-specific data the adapter needs to build positions (e.g. Qwen's grid_thw)."""
+    """Family-specific data (Qwen's `grid_thw` for its positions; LLaVA's `content_box`: normalised
+    [x1, y1, x2, y2] of the grid the image fills, see `vitos.models.llava_qwen2.image_box_to_grid_box`)."""
 
     @property
     def num_tokens(self) -> int:
@@ -54,7 +61,8 @@ class Prompt:
 
 
 class ModelAdapter(Protocol):
-    """What a model family provides. See `vitos.models.qwen2_5_vl.QwenVLAdapter` for the reference one."""
+    """What a model family provides. References: `vitos.models.qwen2_5_vl.QwenVLAdapter` (M-RoPE, dynamic
+    grid) and `vitos.models.llava_qwen2.LlavaQwen2Adapter` (1-D RoPE, fixed 24 x 24 grid)."""
 
     model: torch.nn.Module
     """The full HF model (vision tower + language model + head); the object LoRA/FSDP wrap."""
@@ -63,11 +71,20 @@ class ModelAdapter(Protocol):
     num_position_rows: int
     """P: rows of the position tensor (3 for M-RoPE, 1 for 1-D RoPE)."""
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the input embeddings (visual features are cast to it when spliced in)."""
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id the decoder writes after a row has finished (never fed to the model)."""
+
     def encode_images(self, images: list[Any]) -> list[EncodedImage]:
         """Run the processor and the vision tower ONCE over all `images` (PIL, RGB)."""
 
     def build_prompt(self, text: str, images: list[EncodedImage], system: str | None = None) -> Prompt:
-        """Apply the chat template to one user turn holding `len(images)` images then `text`."""
+        """The family's chat format for one user turn holding `len(images)` images then `text`, ending with
+        the generation prompt; each image's placeholder expanded to `num_tokens` ids."""
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(..., L) ids -> (..., L, D) text embeddings (the LM's input embedding table)."""

@@ -16,6 +16,10 @@ original code does. Tower weights in the checkpoint win over `mm_vision_tower`'s
 
     from vitos.models import load_model
     adapter = load_model("FreedomIntelligence/HuatuoGPT-Vision-7B", dtype="bfloat16", device="cuda")
+    convert_huatuo_checkpoint(src, dst)   # optional: a copy in transformers' LLaVA format (model_type llava)
+
+A checkpoint in transformers' LLaVA format with a Qwen2 LM (`convert_huatuo_checkpoint`'s output, or a
+`vitos train` export of a HuatuoGPT-Vision run) loads through `load_llava` into the same adapter.
 
 Model facts the adapter encodes (from the HuatuoGPT-Vision repository: `cli.py`, `llava/model/llava_arch.py`,
 `llava/model/multimodal_encoder/clip_encoder.py`):
@@ -24,10 +28,12 @@ Model facts the adapter encodes (from the HuatuoGPT-Vision repository: `cli.py`,
 - Features: CLIP hidden state of layer -2 (`mm_vision_select_layer`), CLS dropped (`patch`), then
   Linear-GELU-Linear: 576 tokens on a 24 x 24 grid in raster order. Transformers' LLaVA does exactly this
   with `vision_feature_layer=-2, vision_feature_select_strategy="default"`.
-- Prompt: `<|user|>\\n{"<image>\\n" * n_images + text, stripped}\\n<|assistant|>\\n`; no system turn. The
+- Prompt: `<|user|>\\n{"<image>\\n" * n_images + text, stripped}\\n<|assistant|>\\n` (cli.py's
+  `preprocess_huatuo`, not Qwen's `<|im_start|>` ChatML); no system turn. The
   original tokenises the text chunks between `<image>` marks separately and splices IMAGE_TOKEN_INDEX (-200)
   in; we splice an added `<image>` token instead (the same ids, since tokenisation stops at added tokens),
-  one per visual token. A completion ends with the tokenizer's EOS token.
+  one per visual token. A completion ends with the tokenizer's EOS token (we also stop on `<|endoftext|>`
+  and `<|im_end|>`). The tokenizer's chat template is set to this format (`HUATUO_CHAT_TEMPLATE`).
 - Positions: 1-D RoPE, P = 1 row. The unpruned prompt's positions are 0..L-1; kept visual tokens keep
   theirs (index-select, never re-index), so a pruned image leaves a gap in position space.
 
@@ -53,7 +59,6 @@ whenever the image is not square.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -61,6 +66,7 @@ from typing import Any
 
 import torch
 
+from vitos.models import ModelLoadError, read_raw_config
 from vitos.models.base import EncodedImage, Prompt
 
 MODEL_TYPE = "llava_qwen2"
@@ -75,8 +81,6 @@ KEY_MAPPING: dict[str, str] = {
     r"^model\.norm\.": "model.language_model.norm.",
 }
 """Original key prefix (regex) -> transformers LLaVA key prefix; `lm_head.weight` keeps its name."""
-
-ORIGINAL_VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
 
 # openai/clip-vit-large-patch14-336: the tower HuatuoGPT-Vision-7B was built on (its published config).
 CLIP_VIT_L_336_VISION = dict(
@@ -132,27 +136,6 @@ def llava_key_to_huatuo(key: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- config
-def read_raw_config(name_or_path: str) -> dict[str, Any] | None:
-    """config.json of a folder, a .json file or a hub id as a plain dict; None when it cannot be read."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        try:
-            from transformers.utils import cached_file
-
-            found = cached_file(name_or_path, "config.json", _raise_exceptions_for_missing_entries=False)
-        except Exception:  # noqa: BLE001 - unknown repo / offline: the caller reports the AutoConfig error
-            return None
-        if found is None:
-            return None
-        path = Path(found)
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _check_supported(raw: dict[str, Any]) -> None:
     """Refuse LLaVA variants whose forward differs from what we map onto (better an error than wrong logits)."""
     expected = {
@@ -162,8 +145,6 @@ def _check_supported(raw: dict[str, Any]) -> None:
     for key, value in expected.items():
         got = raw.get(key, value)
         if got != value:
-            from vitos.models import ModelLoadError
-
             raise ModelLoadError(
                 f"this llava_qwen2 checkpoint has {key}={got!r}; vitos maps only HuatuoGPT-Vision-7B's "
                 f"{key}={value!r}. Convert the checkpoint or add the variant to vitos/models/llava_qwen2.py."
@@ -201,8 +182,6 @@ def vision_config_from_huatuo(raw: dict[str, Any], base: str | None = None) -> A
             errors.append(f"{cand}: {err}")
     if tower.rstrip("/").endswith("clip-vit-large-patch14-336"):
         return CLIPVisionConfig(**CLIP_VIT_L_336_VISION)
-    from vitos.models import ModelLoadError
-
     raise ModelLoadError(
         f"cannot read the vision tower config of mm_vision_tower={tower!r}: " + "; ".join(errors)
         + ". Point mm_vision_tower in config.json at a CLIP vision folder or hub id."
@@ -221,8 +200,6 @@ def llava_config_from_huatuo(raw: dict[str, Any], vision_config: Any, image_toke
     text = text_config_from_huatuo(raw)
     mm_hidden = raw.get("mm_hidden_size", vision_config.hidden_size)
     if mm_hidden != vision_config.hidden_size:
-        from vitos.models import ModelLoadError
-
         raise ModelLoadError(
             f"mm_hidden_size={mm_hidden} but the vision tower has hidden_size={vision_config.hidden_size}; "
             "mm_vision_tower points at the wrong CLIP model"
@@ -239,6 +216,15 @@ def llava_config_from_huatuo(raw: dict[str, Any], vision_config: Any, image_toke
         multimodal_projector_bias=True,
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
     )
+
+
+def read_huatuo_config(name_or_path: str) -> Any:
+    """A `llava_qwen2` folder, config.json or hub id -> the `LlavaConfig` it loads as (image token id aside)."""
+    raw = read_raw_config(name_or_path)
+    if raw is None or raw.get("model_type") != MODEL_TYPE:
+        raise ModelLoadError(f"{name_or_path!r} has no llava_qwen2 config.json")
+    base = os.path.dirname(name_or_path) if os.path.isfile(name_or_path) else name_or_path
+    return llava_config_from_huatuo(raw, vision_config_from_huatuo(raw, base))
 
 
 # ---------------------------------------------------------------------------------------------- images
@@ -278,7 +264,7 @@ def render_prompt(text: str, n_images: int, system: str | None = None) -> str:
 
 # ---------------------------------------------------------------------------------------------- adapter
 class LlavaQwen2Adapter:
-    """`ModelAdapter` for HuatuoGPT-Vision-7B loaded as `LlavaForConditionalGeneration` (fixed 24 x 24 grid, 1-D RoPE)."""
+    """`ModelAdapter` for HuatuoGPT-Vision-7B as `LlavaForConditionalGeneration` (fixed 24 x 24 grid, 1-D RoPE)."""
 
     num_position_rows = 1
 
@@ -395,15 +381,16 @@ def _load_tokenizer(name_or_path: str, text_config: Any) -> Any:
     tok = AutoTokenizer.from_pretrained(name_or_path, config=text_config, trust_remote_code=False)
     if IMAGE_TOKEN not in tok.get_vocab():
         tok.add_tokens([IMAGE_TOKEN], special_tokens=True)  # never split, never merged with neighbours
-    if tok.chat_template is None:
-        tok.chat_template = HUATUO_CHAT_TEMPLATE
+    # The format cli.py builds, whatever template the release's tokenizer carries (saved with exports).
+    tok.chat_template = HUATUO_CHAT_TEMPLATE
     return tok
 
 
-def _load_image_processor(name_or_path: str, tower: str) -> Any:
+def _load_image_processor(name_or_path: str, tower: str | None) -> Any:
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    for cand in [name_or_path, *_tower_candidates(tower, name_or_path)]:
+    towers = _tower_candidates(tower, name_or_path) if tower else []
+    for cand in [name_or_path, *towers]:
         try:
             return CLIPImageProcessorPil.from_pretrained(cand)
         except Exception:  # noqa: BLE001 - absent here: try the next place, then the published defaults
@@ -416,8 +403,6 @@ def load_huatuo(
 ) -> LlavaQwen2Adapter:
     """Load an original HuatuoGPT-Vision (llava_qwen2) checkpoint onto transformers' LLaVA classes."""
     from transformers import CLIPVisionModel, LlavaForConditionalGeneration
-
-    from vitos.models import ModelLoadError
 
     raw = read_raw_config(name_or_path)
     if raw is None or raw.get("model_type") != MODEL_TYPE:
@@ -458,6 +443,56 @@ def load_huatuo(
                 + "; ".join(errors) + ". Download the CLIP tower and point mm_vision_tower at it."
             )
         model.model.vision_tower.load_state_dict(clip.state_dict(), strict=True)
+    # from_pretrained remembers KEY_MAPPING and save_pretrained would reverse it, writing HuatuoGPT's key
+    # names under a `llava` config that nothing can load; forget it (as transformers' quantizers do), so
+    # saves (conversion, training exports) are in transformers' own LLaVA layout.
+    if hasattr(model, "_weight_conversions"):
+        del model._weight_conversions
     model.to(device)
     model.eval()
     return LlavaQwen2Adapter(model, tokenizer, _load_image_processor(name_or_path, tower))
+
+
+def load_llava(
+    name_or_path: str, dtype: torch.dtype, device: torch.device, attn_implementation: str = "sdpa"
+) -> LlavaQwen2Adapter:
+    """Load a HuatuoGPT-Vision already in transformers' LLaVA format (model_type `llava` with a Qwen2 LM):
+    the output of `convert_huatuo_checkpoint` or of a `vitos train` export of a HuatuoGPT-Vision run."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig.from_pretrained(name_or_path)
+    if config.text_config.model_type != "qwen2" or config.vision_config.model_type != "clip_vision_model":
+        raise ModelLoadError(
+            f"{name_or_path!r} is a LLaVA with a {config.vision_config.model_type} tower and a "
+            f"{config.text_config.model_type} LM; vitos supports LLaVA checkpoints of HuatuoGPT-Vision "
+            "(CLIP + Qwen2) only"
+        )
+    model = LlavaForConditionalGeneration.from_pretrained(
+        name_or_path, config=config, dtype=dtype, attn_implementation=attn_implementation, use_safetensors=True,
+        trust_remote_code=False,
+    ).to(device)
+    model.eval()
+    tokenizer = _load_tokenizer(name_or_path, model.config.text_config)
+    if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) != model.config.image_token_id:
+        raise ModelLoadError(
+            f"{name_or_path!r}: the tokenizer's {IMAGE_TOKEN} id differs from the config's image_token_id "
+            f"{model.config.image_token_id}; save the tokenizer together with the model"
+        )
+    return LlavaQwen2Adapter(model, tokenizer, _load_image_processor(name_or_path, None))
+
+
+def convert_huatuo_checkpoint(src: str, dst: str | Path) -> Path:
+    """Write an original HuatuoGPT-Vision checkpoint `src` once in transformers' LLaVA format to `dst`
+    (safetensors, tokenizer with `<image>`, CLIP preprocessor), in the checkpoint's own dtype. Optional:
+    `load_model` converts at load time anyway; a converted copy loads without the key renaming and without
+    `mm_vision_tower`."""
+    from vitos.models import resolve_dtype
+
+    raw = read_raw_config(src) or {}
+    dtype = resolve_dtype(str(raw.get("torch_dtype", "float32")))
+    adapter = load_huatuo(src, dtype, torch.device("cpu"))
+    out = Path(dst)
+    adapter.model.save_pretrained(out, safe_serialization=True)
+    adapter.tokenizer.save_pretrained(out)
+    adapter.image_processor.save_pretrained(out)
+    return out

@@ -84,7 +84,9 @@ def tiny_huatuo_configs(vocab_size: int, bos_eos_id: int, hidden: int = 64, laye
     return original, vision
 
 
-def write_tiny_huatuo(out_dir: str | Path, seed: int = 0, ship_vision_tower: bool = True, vocab_size: int = 768) -> Path:
+def write_tiny_huatuo(
+    out_dir: str | Path, seed: int = 0, ship_vision_tower: bool = True, vocab_size: int = 768
+) -> Path:
     """Write a tiny random HuatuoGPT-Vision checkpoint in the original format to `out_dir`.
 
     Same seed -> identical files. `ship_vision_tower=False` leaves the tower out of model.safetensors (some
