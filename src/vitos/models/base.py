@@ -106,3 +106,79 @@ class ModelAdapter(Protocol):
     @property
     def suppressed_token_ids(self) -> list[int]:
         """Ids never to sample (vision placeholders and markers: emitting one breaks the next forward)."""
+
+
+class AdapterBase:
+    """Plumbing every family shares: special ids, dtype/device, text embeddings, and the LM + head call.
+
+    A family subclass sets `num_position_rows`, implements `encode_images` and `build_prompt`, and
+    overrides `lm_position_ids` when its language model takes positions in another shape.
+    """
+
+    num_position_rows: int = 1
+
+    def __init__(self, model: Any, tokenizer: Any, image_processor: Any, suppressed: set[int], eos_tokens: tuple[str, ...]):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        unk = tokenizer.unk_token_id
+        eos = {tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(t) for t in eos_tokens)}
+        gen_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+        self._eos = sorted(i for i in eos if isinstance(i, int) and i >= 0 and i != unk)
+        self._suppressed = sorted(i for i in suppressed if isinstance(i, int) and i >= 0 and i != unk)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        return self._eos
+
+    @property
+    def suppressed_token_ids(self) -> list[int]:
+        return self._suppressed
+
+    @property
+    def pad_token_id(self) -> int:
+        pid = self.tokenizer.pad_token_id
+        return pid if pid is not None else self._eos[0]
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids.to(self.device))
+
+    def lm_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """(P, B, L) engine positions -> what the language model's `position_ids` takes (default: as is)."""
+        return positions
+
+    def lm_forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, Any]:
+        """(B, L, D) embeddings, (P, B, L) positions, (B, L_past + L) mask -> (B, L or k, V) logits, cache.
+
+        The 2-D mask is always passed: without it transformers reads a jump in position ids (a pruned
+        gap) as the start of a new packed sequence and blocks attention across it.
+        """
+        if positions.shape[0] != self.num_position_rows:
+            raise ValueError(f"expected ({self.num_position_rows}, B, L) positions, got {tuple(positions.shape)}")
+        out = self.model.model.language_model(
+            inputs_embeds=inputs_embeds,
+            position_ids=self.lm_position_ids(positions),
+            attention_mask=attention_mask,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        hidden = out.last_hidden_state  # (B, L, D)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return self.model.lm_head(hidden), out.cache

@@ -67,7 +67,7 @@ from typing import Any
 import torch
 
 from vitos.models import ModelLoadError, read_raw_config
-from vitos.models.base import EncodedImage, Prompt
+from vitos.models.base import AdapterBase, EncodedImage, Prompt
 
 MODEL_TYPE = "llava_qwen2"
 IMAGE_TOKEN = "<image>"
@@ -263,50 +263,20 @@ def render_prompt(text: str, n_images: int, system: str | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- adapter
-class LlavaQwen2Adapter:
+class LlavaQwen2Adapter(AdapterBase):
     """`ModelAdapter` for HuatuoGPT-Vision-7B as `LlavaForConditionalGeneration` (fixed 24 x 24 grid, 1-D RoPE)."""
 
     num_position_rows = 1
 
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
         cfg = model.config
+        # Never sample <image> (it would break the next forward) nor the padded-vocab rows with no token.
+        suppressed = {cfg.image_token_id, *range(len(tokenizer), cfg.text_config.vocab_size)}
+        super().__init__(model, tokenizer, image_processor, suppressed, eos_tokens=("<|endoftext|>", "<|im_end|>"))
         self.image_token_id: int = cfg.image_token_id
         side = cfg.vision_config.image_size // cfg.vision_config.patch_size
         self.grid_hw: tuple[int, int] = (side, side)
         self.pad_colour = tuple(int(x * 255) for x in image_processor.image_mean)
-        vocab = cfg.text_config.vocab_size
-        # Never sample <image> (it would break the next forward) nor the padded-vocab rows with no token.
-        self._suppressed = sorted({self.image_token_id, *range(len(tokenizer), vocab)})
-        eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-               tokenizer.convert_tokens_to_ids("<|im_end|>")}
-        gen_eos = getattr(model.generation_config, "eos_token_id", None)
-        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        self._eos = sorted(i for i in eos if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id)
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        return self._eos
-
-    @property
-    def suppressed_token_ids(self) -> list[int]:
-        return self._suppressed
-
-    @property
-    def pad_token_id(self) -> int:
-        pid = self.tokenizer.pad_token_id
-        return pid if pid is not None else self._eos[0]
 
     # ------------------------------------------------------------------ vision
     def preprocess(self, images: list[Any]) -> torch.Tensor:
@@ -341,36 +311,8 @@ class LlavaQwen2Adapter:
         positions = torch.arange(input_ids.numel())[None]  # (1, L): 1-D RoPE
         return Prompt(input_ids, positions, spans)
 
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(input_ids.to(self.device))
-
-    # ------------------------------------------------------------------ language model
-    def lm_forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        positions: torch.Tensor,
-        attention_mask: torch.Tensor,
-        cache: Any = None,
-        logits_to_keep: int = 0,
-    ) -> tuple[torch.Tensor, Any]:
-        """(B, L, D) embeddings, (1, B, L) positions, (B, L_past + L) mask -> (B, L or k, V) logits, cache.
-
-        The 2-D mask must always be passed: with no mask and no cache, transformers reads a jump in 1-D
-        position ids (a pruned gap) as the start of a new packed sequence and blocks attention across it.
-        """
-        if positions.shape[0] != 1:
-            raise ValueError(f"1-D RoPE takes positions of shape (1, B, L), got {tuple(positions.shape)}")
-        out = self.model.model.language_model(
-            inputs_embeds=inputs_embeds,
-            position_ids=positions[0],  # (B, L)
-            attention_mask=attention_mask,
-            cache=cache,
-            use_cache=cache is not None,
-        )
-        hidden = out.last_hidden_state  # (B, L, D)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        return self.model.lm_head(hidden), out.cache
+    def lm_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions[0]  # (1, B, L) -> (B, L): Qwen2 takes 1-D position ids
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -18,51 +18,21 @@ from typing import Any
 
 import torch
 
-from vitos.models.base import EncodedImage, Prompt
+from vitos.models.base import AdapterBase, EncodedImage, Prompt
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 
-class QwenVLAdapter:
-    """`ModelAdapter` for `Qwen2_5_VLForConditionalGeneration`."""
+class QwenVLAdapter(AdapterBase):
+    """`ModelAdapter` for `Qwen2_5_VLForConditionalGeneration` (M-RoPE, dynamic grid)."""
 
     num_position_rows = 3
 
     def __init__(self, model: Any, tokenizer: Any, image_processor: Any):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        cfg = model.config
-        self.image_token_id: int = cfg.image_token_id
-        self.merge = cfg.vision_config.spatial_merge_size
-        ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS]
-        self._suppressed = sorted({i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id})
-        eos = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
-        gen_eos = getattr(model.generation_config, "eos_token_id", None)
-        eos |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-        self._eos = sorted(i for i in eos if isinstance(i, int) and i >= 0)
-
-    # ------------------------------------------------------------------ properties
-    @property
-    def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
-    @property
-    def eos_token_ids(self) -> list[int]:
-        return self._eos
-
-    @property
-    def suppressed_token_ids(self) -> list[int]:
-        return self._suppressed
-
-    @property
-    def pad_token_id(self) -> int:
-        pid = self.tokenizer.pad_token_id
-        return pid if pid is not None else self._eos[0]
+        ids = {tokenizer.convert_tokens_to_ids(t) for t in VISION_SPECIAL_TOKENS}
+        super().__init__(model, tokenizer, image_processor, suppressed=ids, eos_tokens=("<|im_end|>",))
+        self.image_token_id: int = model.config.image_token_id
+        self.merge = model.config.vision_config.spatial_merge_size
 
     # ------------------------------------------------------------------ vision
     def encode_images(self, images: list[Any]) -> list[EncodedImage]:
@@ -117,29 +87,3 @@ class QwenVLAdapter:
         grid = torch.stack([im.extra["grid_thw"] for im in images])  # (n, 3)
         pos, _ = self.model.model.get_rope_index(input_ids[None], mm_token_type_ids=mm, image_grid_thw=grid)
         return pos[:, 0].cpu()  # (3, L)
-
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(input_ids.to(self.device))
-
-    # ------------------------------------------------------------------ language model
-    def lm_forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        positions: torch.Tensor,
-        attention_mask: torch.Tensor,
-        cache: Any = None,
-        logits_to_keep: int = 0,
-    ) -> tuple[torch.Tensor, Any]:
-        """(B, L, D) embeddings, (3, B, L) positions, (B, L_past + L) mask -> (B, L or k, V) logits, cache."""
-        lm = self.model.model.language_model
-        out = lm(
-            inputs_embeds=inputs_embeds,
-            position_ids=positions,
-            attention_mask=attention_mask,
-            cache=cache,
-            use_cache=cache is not None,
-        )
-        hidden = out.last_hidden_state  # (B, L, D)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        return self.model.lm_head(hidden), out.cache
