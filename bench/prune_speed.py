@@ -5,7 +5,7 @@
     python bench/prune_speed.py --device cuda       # on a GPU: peak memory from torch.cuda
 
 Model: a random Qwen2.5-VL whose language model has Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads,
-2 KV heads, MLP 4864) and a 2-block vision tower; one 448x448 image = 256 visual tokens. For each keep ratio
+2 KV heads, MLP 4864) and a 2-block, 128-wide vision tower; one 448x448 image = 256 visual tokens. For each keep ratio
 we prune a random subset of exactly round(ratio * 256) tokens (speed does not depend on which), assemble the
 sequence, and time the prefill (median of --repeats). `ideal` = full sequence length / pruned length, the
 speedup if prefill cost were linear in tokens. Memory: CUDA peak allocation on GPU; on CPU the peak rise of
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from vitos.engine import SamplingConfig  # noqa: E402
 from vitos.models import load_model  # noqa: E402
-from vitos.models.tiny import write_tiny_model  # noqa: E402
+from vitos.models.tiny import QWEN05B_SHAPE, write_tiny_model  # noqa: E402
 from vitos.pipeline import run  # noqa: E402
 from vitos.pruning.sparse import assemble, collate  # noqa: E402
 from vitos.data.sample import Sample  # noqa: E402
@@ -84,7 +84,7 @@ class PeakHeap:
 def build_model(tiny: bool, out: Path) -> Path:
     if tiny:
         return write_tiny_model(out, seed=0)
-    return write_tiny_model(out, seed=0, hidden=896, layers=24, vision_depth=2)
+    return write_tiny_model(out, seed=0, **QWEN05B_SHAPE)
 
 
 def main() -> None:

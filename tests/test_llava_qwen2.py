@@ -15,6 +15,7 @@ from conftest import random_image
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig, completion_logprobs, generate
 from vitos.models import ModelLoadError, build_on_meta, load_model
+from vitos.pruning.boxes import image_box_to_grid_box
 from vitos.models.llava_qwen2 import (
     HUATUO_CHAT_TEMPLATE,
     LlavaQwen2Adapter,
@@ -22,7 +23,6 @@ from vitos.models.llava_qwen2 import (
     convert_huatuo_checkpoint,
     expand2square,
     huatuo_key_to_llava,
-    image_box_to_grid_box,
     llava_key_to_huatuo,
     render_prompt,
 )
@@ -444,3 +444,19 @@ def test_adapter_declares_one_position_row(huatuo):
     assert isinstance(huatuo, LlavaQwen2Adapter) and huatuo.num_position_rows == 1
     with pytest.raises(ValueError, match=r"\(1, B, L\)"):
         huatuo.lm_forward(torch.zeros(1, 2, 64), torch.zeros(3, 1, 2, dtype=torch.long), torch.ones(1, 2))
+
+
+def test_boxes_on_a_non_square_image_select_tokens_inside_the_image_band(huatuo):
+    """The 24 x 24 grid covers the padded square: a whole-image box on a 3:2 image keeps only the rows the
+    image fills (rows 4..19 of 24 for y in [1/6, 5/6]), never the padding rows."""
+    from vitos.pipeline import PruneConfig, keep_mask_for_image
+
+    image = Image.new("RGB", (300, 200), (120, 120, 120))
+    with torch.no_grad():
+        enc = huatuo.encode_images([image])[0]
+    assert enc.grid_region == pytest.approx((0.0, 50 / 300, 1.0, 250 / 300))
+    mask = keep_mask_for_image([[0.0, 0.0, 1.0, 1.0]], enc, PruneConfig())
+    rows = mask.any(dim=1).nonzero().squeeze(1).tolist()
+    assert rows == list(range(4, 20)) and bool(mask[4:20].all())
+    left_half = keep_mask_for_image([[0.0, 0.0, 0.5, 1.0]], enc, PruneConfig())
+    assert left_half[:, :12].any(dim=0).all() and not left_half[:, 12:].any()

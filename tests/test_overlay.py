@@ -73,3 +73,15 @@ def test_bad_mask_and_alpha_are_rejected():
         draw_overlay(_image(), [], torch.ones(2, 2))
     with pytest.raises(ValueError, match="alpha"):
         draw_overlay(_image(), [], None, alpha=1.5)
+
+
+def test_padded_grid_region_maps_cells_onto_the_image_band():
+    """LLaVA pads to a square: with the image filling y in [0.25, 0.75] of a 2 x 2 grid, grid row 0 covers
+    the image's top half and row 1 its bottom half."""
+    image = Image.new("RGB", (100, 50), (200, 200, 200))
+    keep = torch.tensor([[True, True], [False, False]])
+    out = np.asarray(draw_overlay(image, [], keep, grid_region=(0.0, 0.25, 1.0, 0.75)), dtype=np.int16)
+    src = np.asarray(image, dtype=np.int16)
+    assert out.shape == src.shape
+    assert np.array_equal(out[2:20, 2:45], src[2:20, 2:45])  # kept top half, away from grid lines
+    assert (np.abs(out[30:48, 2:45] - src[30:48, 2:45]) > 20).all()  # pruned bottom half tinted

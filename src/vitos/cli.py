@@ -1,7 +1,13 @@
 """The `vitos` command: thin argument parsing, one function call per subcommand.
 
-    vitos tiny-model OUT_DIR [--seed N]          write a tiny random Qwen2.5-VL checkpoint (offline)
+    vitos demo [--quick] [--json OUT]            the embedded default: warm start -> dual-stream RL -> evaluation
+    vitos tiny-model OUT_DIR [--seed N] [--family qwen|huatuo]   a tiny random checkpoint (offline)
     vitos infer --model M --image PATH --question TEXT [--mode vitos|full] [--json] [--overlay out.png]
+    vitos train --config configs/NAME.yaml [key=value ...] [--resume RUN]
+    vitos eval --model M --benchmarks vqa_rad,slake,... --mode vitos --out DIR [--limit N] [--data-dir D]
+    vitos compare RUN_A RUN_B
+
+train, eval, compare and demo parse their own arguments (`vitos train --help`).
 
 Errors a user can fix (bad image, bad model path, bad config) print one line and exit with status 2;
 they never end in a stack trace.
@@ -10,8 +16,17 @@ they never end in a stack trace.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+
+# Subcommands whose module owns its argument parsing: name -> (module, function(argv) -> exit status).
+DELEGATED = {
+    "train": ("vitos.rl.trainer", "main_train", "dual-stream GRPO training (--config, key=value overrides, --resume)"),
+    "eval": ("vitos.eval.runner", "main_eval", "evaluate on the medical VQA benchmarks in one mode"),
+    "compare": ("vitos.eval.compare", "main_compare", "relative performance of run A against run B"),
+    "demo": ("vitos.demo", "main_demo", "the embedded default on MedPhantom: warm start, RL, evaluation"),
+}
 
 
 def _quiet_transformers() -> None:
@@ -23,10 +38,16 @@ def _quiet_transformers() -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from vitos.models.tiny import write_tiny_model
+    if args.family == "huatuo":
+        from vitos.models.tiny_huatuo import write_tiny_huatuo
 
-    out = write_tiny_model(args.out_dir, seed=args.seed)
-    print(f"wrote a tiny Qwen2.5-VL checkpoint to {out}")
+        out = write_tiny_huatuo(args.out_dir, seed=args.seed)
+        print(f"wrote a tiny HuatuoGPT-Vision (llava_qwen2, original format) checkpoint to {out}")
+    else:
+        from vitos.models.tiny import write_tiny_model
+
+        out = write_tiny_model(args.out_dir, seed=args.seed)
+        print(f"wrote a tiny Qwen2.5-VL checkpoint to {out}")
     return 0
 
 
@@ -60,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint that loads offline")
     t.add_argument("out_dir")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--family", choices=["qwen", "huatuo"], default="qwen",
+                   help="qwen: Qwen2.5-VL (Lingshu-7B's family); huatuo: HuatuoGPT-Vision's original llava_qwen2 format")
     t.set_defaults(func=cmd_tiny_model)
 
     i = sub.add_parser("infer", help="ground -> prune -> answer for one image")
@@ -82,10 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="auto")
     i.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")
     i.set_defaults(func=cmd_infer)
+    for name, (_, _, text) in DELEGATED.items():
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        _quiet_transformers()
+        module, func, _ = DELEGATED[argv[0]]
+        return getattr(importlib.import_module(module), func)(argv[1:])
     args = build_parser().parse_args(argv)
     _quiet_transformers()
     from vitos.config import ConfigError

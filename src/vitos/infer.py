@@ -80,7 +80,8 @@ def infer_one(
     if overlay:
         mask = res.keep_masks[0] if res.keep_masks else None
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
-        draw_overlay(image, res.boxes, mask).save(overlay)
+        region = res.grid_regions[0] if res.grid_regions else (0.0, 0.0, 1.0, 1.0)
+        draw_overlay(image, res.boxes, mask, grid_region=region).save(overlay)
         overlay_path = str(overlay)
     return InferResult(
         answer=res.answer,

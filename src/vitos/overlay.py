@@ -39,6 +39,7 @@ def draw_overlay(
     boxes: Sequence[Sequence[float]],
     keep_mask: torch.Tensor | None = None,
     alpha: float = 0.45,
+    grid_region: Sequence[float] = (0.0, 0.0, 1.0, 1.0),
 ) -> Image.Image:
     """Return an RGB copy of `image` (same size) with pruned cells greyed, a grid, and boxes drawn.
 
@@ -47,6 +48,8 @@ def draw_overlay(
         boxes: normalised [x1, y1, x2, y2] boxes; malformed ones are skipped with a logged warning.
         keep_mask: (H, W) bool keep mask of the token grid, or None to draw boxes only.
         alpha: blend weight of the grey tint on pruned cells, in [0, 1] (1 = solid grey).
+        grid_region: normalised [x1, y1, x2, y2] of the token grid that the image fills ((0, 0, 1, 1) for
+            Qwen2.5-VL; LLaVA pads to a square, so its grid extends past a non-square image).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -60,19 +63,23 @@ def draw_overlay(
                 f"keep_mask must be an (H, W) bool tensor, got {keep_mask.dtype} {tuple(keep_mask.shape)}"
             )
         grid_h, grid_w = keep_mask.shape
-        x_edges = np.round(np.arange(grid_w + 1) * width / grid_w).astype(int)  # (W+1,)
-        y_edges = np.round(np.arange(grid_h + 1) * height / grid_h).astype(int)  # (H+1,)
-        col_of_x = np.searchsorted(x_edges, np.arange(width), side="right") - 1  # (width,)
-        row_of_y = np.searchsorted(y_edges, np.arange(height), side="right") - 1  # (height,)
+        rx1, ry1, rx2, ry2 = (float(v) for v in grid_region)
+        # Cell edges in image pixels; with a padded grid some edges fall outside the image.
+        x_edges = np.round((np.arange(grid_w + 1) / grid_w - rx1) / (rx2 - rx1) * width).astype(int)  # (W+1,)
+        y_edges = np.round((np.arange(grid_h + 1) / grid_h - ry1) / (ry2 - ry1) * height).astype(int)  # (H+1,)
+        col_of_x = np.clip(np.searchsorted(x_edges, np.arange(width), side="right") - 1, 0, grid_w - 1)  # (width,)
+        row_of_y = np.clip(np.searchsorted(y_edges, np.arange(height), side="right") - 1, 0, grid_h - 1)  # (height,)
         keep_np = keep_mask.detach().cpu().numpy()
         pruned_px = ~keep_np[row_of_y[:, None], col_of_x[None, :]]  # (height, width)
         tint = np.asarray(PRUNED_TINT, dtype=np.float32)
         pixels[pruned_px] = (1.0 - alpha) * pixels[pruned_px] + alpha * tint
 
-        if width / grid_w >= _MIN_CELL_PX_FOR_GRID and height / grid_h >= _MIN_CELL_PX_FOR_GRID:
+        cell_w, cell_h = np.diff(x_edges).min(), np.diff(y_edges).min()
+        if cell_w >= _MIN_CELL_PX_FOR_GRID and cell_h >= _MIN_CELL_PX_FOR_GRID:
             line = np.zeros((height, width), dtype=bool)
-            line[:, np.clip(x_edges[1:-1], 0, width - 1)] = True
-            line[np.clip(y_edges[1:-1], 0, height - 1), :] = True
+            xs, ys = x_edges[1:-1], y_edges[1:-1]
+            line[:, xs[(xs >= 0) & (xs < width)]] = True
+            line[ys[(ys >= 0) & (ys < height)], :] = True
             colour = np.asarray(GRID_COLOUR, dtype=np.float32)
             pixels[line] = (1.0 - GRID_ALPHA) * pixels[line] + GRID_ALPHA * colour
 

@@ -23,7 +23,7 @@ from vitos.engine import SamplingConfig, generate
 from vitos.images import load_image
 from vitos.models.base import EncodedImage, ModelAdapter
 from vitos.prompts import ParsedOutput, grounding_prompt, parse_output, sparse_prompt
-from vitos.pruning.boxes import boxes_to_keep_mask
+from vitos.pruning.boxes import boxes_to_keep_mask, image_box_to_grid_box
 from vitos.pruning.sparse import SequenceInputs, assemble
 
 Mode = Literal["full", "vitos"]
@@ -64,6 +64,8 @@ class Answer:
     visual_tokens_kept: int = 0
     keep_masks: list[torch.Tensor | None] = field(default_factory=list)
     """Per image (H, W) keep mask or None (kept whole)."""
+    grid_regions: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """Per image: the part of its token grid the image fills (see `EncodedImage.grid_region`)."""
     timings_ms: dict[str, float] = field(default_factory=dict)
     """Per stage wall time of the batch this sample ran in: encode, grounding, prune, answer."""
 
@@ -84,6 +86,12 @@ def encode(adapter: ModelAdapter, images: list[list[Any]]) -> list[list[EncodedI
     return out
 
 
+def keep_mask_for_image(boxes: list[list[float]], image: EncodedImage, prune: PruneConfig) -> torch.Tensor:
+    """Image-normalised boxes -> (H, W) keep mask over this image's token grid (padding-aware)."""
+    on_grid = [image_box_to_grid_box(b, image.grid_region) for b in boxes]
+    return boxes_to_keep_mask(on_grid, image.grid_hw, margin=prune.margin, min_keep=prune.min_keep)
+
+
 def keep_masks(
     parsed: ParsedOutput, images: list[EncodedImage], prune: PruneConfig
 ) -> tuple[list[torch.Tensor | None], str | None]:
@@ -99,7 +107,7 @@ def keep_masks(
             masks.append(None)
             missing.append(k + 1)
             continue
-        masks.append(boxes_to_keep_mask(mine, image.grid_hw, margin=prune.margin, min_keep=prune.min_keep))
+        masks.append(keep_mask_for_image(mine, image, prune))
     note = f"kept all visual tokens of image(s) {missing}: no box points into them" if missing else None
     return masks, note
 
@@ -191,6 +199,7 @@ def run(
                 visual_tokens_total=seq.n_visual_total,
                 visual_tokens_kept=seq.n_visual_kept,
                 keep_masks=keeps[i],
+                grid_regions=[e.grid_region for e in encoded[i]],
                 timings_ms=dict(t),
             )
         )

@@ -60,7 +60,10 @@ class LLMJudgeConfig:
 
 def judge_messages(question: str, reference: str, prediction: str) -> list[dict[str, str]]:
     """The chat messages sent for one open question."""
-    user = f"Question: {question}\nReference answer: {reference}\nModel answer: {prediction}\nIs the model answer correct?"
+    user = (
+        f"Question: {question}\nReference answer: {reference}\nModel answer: {prediction}\n"
+        "Is the model answer correct?"
+    )
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 
 

@@ -35,13 +35,15 @@ class EncodedImage:
     features: torch.Tensor
     """(N, D) merged visual token features, N = grid_hw[0] * grid_hw[1], raster (row-major) order."""
     grid_hw: tuple[int, int]
-    """(H, W) of the merged token grid. A box normalised to the grid maps onto it directly; when the grid
-    covers more than the image (LLaVA's pad-to-square), `extra["content_box"]` says where the image is."""
+    """(H, W) of the merged token grid."""
     image_size: tuple[int, int]
     """(width, height) of the image as loaded, before the processor resized it."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Family-specific data (Qwen's `grid_thw` for its positions; LLaVA's `content_box`: normalised
-    [x1, y1, x2, y2] of the grid the image fills, see `vitos.models.llava_qwen2.image_box_to_grid_box`)."""
+    """Family-specific data (Qwen's `grid_thw` for its positions)."""
+    grid_region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    """Normalised [x1, y1, x2, y2] of the grid that the image fills: the whole grid for Qwen2.5-VL (resize),
+    a centred band for LLaVA (pad to square). Image boxes go through
+    `vitos.pruning.boxes.image_box_to_grid_box(box, grid_region)` before they select tokens."""
 
     @property
     def num_tokens(self) -> int:

@@ -51,10 +51,9 @@ Departures and assumptions we could not check against the released checkpoint (n
   model's published vision config (written out below); any other unreadable tower is an error.
 - The original truncates the embedded prompt to `tokenizer_model_max_length`; we do not (prompts are short).
 
-Pad-to-square and boxes: the 24 x 24 grid covers the padded square, not the image. `EncodedImage.extra
-["content_box"]` is the normalised region of the grid the image occupies; `image_box_to_grid_box` maps a
-box normalised to the image onto the grid. Boxes must be mapped this way before `boxes_to_keep_mask`
-whenever the image is not square.
+Pad-to-square and boxes: the 24 x 24 grid covers the padded square, not the image. `EncodedImage.grid_region`
+is the normalised region of the grid the image occupies (`content_box`); the pipeline maps every image box
+onto the grid with `vitos.pruning.boxes.image_box_to_grid_box` before selecting tokens.
 """
 
 from __future__ import annotations
@@ -248,12 +247,6 @@ def content_box(width: int, height: int) -> tuple[float, float, float, float]:
     return (x0 / side, y0 / side, (x0 + width) / side, (y0 + height) / side)
 
 
-def image_box_to_grid_box(box: list[float], region: tuple[float, float, float, float]) -> list[float]:
-    """A box normalised to the image -> the same box normalised to the padded square (the token grid)."""
-    x0, y0, x1, y1 = region
-    return [x0 + box[0] * (x1 - x0), y0 + box[1] * (y1 - y0), x0 + box[2] * (x1 - x0), y0 + box[3] * (y1 - y0)]
-
-
 # ---------------------------------------------------------------------------------------------- prompt
 def render_prompt(text: str, n_images: int, system: str | None = None) -> str:
     """HuatuoGPT-Vision's single-turn prompt (cli.py `preprocess_huatuo`), generation prompt included."""
@@ -292,7 +285,7 @@ class LlavaQwen2Adapter(AdapterBase):
         out = self.model.model.get_image_features(pixel_values=pixel_values)
         feats = out.pooler_output  # n x (576, D): layer -2, CLS dropped, projected
         return [
-            EncodedImage(f, self.grid_hw, tuple(img.size), {"content_box": content_box(*img.size)})
+            EncodedImage(f, self.grid_hw, tuple(img.size), grid_region=content_box(*img.size))
             for f, img in zip(feats, images)
         ]
 

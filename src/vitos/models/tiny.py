@@ -105,23 +105,29 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
-def tiny_config(vocab_size: int, token_ids: dict[str, int], hidden: int = 64, layers: int = 2, vision_depth: int = 2):
+QWEN05B_SHAPE = dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, vision_hidden=128)
+"""`write_tiny_model(out, **QWEN05B_SHAPE)`: a language model of Qwen2.5-0.5B's shape with a small vision
+tower, for CPU benchmarks (random weights, tiny vocabulary)."""
+
+
+def tiny_config(vocab_size: int, token_ids: dict[str, int], hidden: int = 64, layers: int = 2, vision_depth: int = 2,
+                heads: int = 4, kv_heads: int = 2, intermediate: int | None = None, vision_hidden: int | None = None):
     """A Qwen2.5-VL config small enough for CPU tests; every structural feature of the 7B model is kept
     (window + full attention blocks in the vision tower, 2x2 merger, M-RoPE with 3 sections, GQA)."""
     from transformers import Qwen2_5_VLConfig
 
-    heads = 4
     head_dim = hidden // heads
     half = head_dim // 2
-    mrope = [half - 2 * (half // 3), half // 3, half // 3]  # (t, h, w) sections summing to head_dim/2
+    mrope = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]  # (t, h, w); 7B: 16, 24, 24
+    vision_hidden = vision_hidden or hidden
     return Qwen2_5_VLConfig(
         text_config=dict(
             vocab_size=vocab_size,
             hidden_size=hidden,
-            intermediate_size=2 * hidden,
+            intermediate_size=intermediate or 2 * hidden,
             num_hidden_layers=layers,
             num_attention_heads=heads,
-            num_key_value_heads=2,
+            num_key_value_heads=kv_heads,
             max_position_embeddings=4096,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
             bos_token_id=token_ids["<|endoftext|>"],
@@ -131,9 +137,9 @@ def tiny_config(vocab_size: int, token_ids: dict[str, int], hidden: int = 64, la
         ),
         vision_config=dict(
             depth=vision_depth,
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_heads=heads,
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_heads=4,
             out_hidden_size=hidden,
             patch_size=14,
             spatial_merge_size=2,
@@ -157,6 +163,10 @@ def write_tiny_model(
     vocab_size: int = 768,
     image_min_pixels: int = 56 * 56,
     image_max_pixels: int = 448 * 448,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    vision_hidden: int | None = None,
 ) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (safetensors + tokenizer + processor) to `out_dir`.
 
@@ -170,7 +180,8 @@ def write_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_tokenizer(vocab_size)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    config = tiny_config(len(tok), ids, hidden=hidden, layers=layers, vision_depth=vision_depth)
+    config = tiny_config(len(tok), ids, hidden=hidden, layers=layers, vision_depth=vision_depth, heads=heads,
+                         kv_heads=kv_heads, intermediate=intermediate, vision_hidden=vision_hidden)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config.eos_token_id = ids["<|im_end|>"]

@@ -178,6 +178,17 @@ def _add_nearest(mask: torch.Tensor, box_t: torch.Tensor, n_add: int) -> torch.T
     return flat.view(h, w)
 
 
+def image_box_to_grid_box(box: Sequence[float], region: Sequence[float] = (0.0, 0.0, 1.0, 1.0)) -> list[float]:
+    """A box normalised to the image -> the same box normalised to the token grid.
+
+    `region` is the normalised [x1, y1, x2, y2] of the grid the image fills: (0, 0, 1, 1) when the grid
+    covers exactly the image (Qwen2.5-VL), a centred sub-rectangle when the processor pads to a square
+    (LLaVA / HuatuoGPT-Vision).
+    """
+    x0, y0, x1, y1 = (float(v) for v in region)
+    return [x0 + box[0] * (x1 - x0), y0 + box[1] * (y1 - y0), x0 + box[2] * (x1 - x0), y0 + box[3] * (y1 - y0)]
+
+
 def keep_mask_to_indices(mask: torch.Tensor) -> torch.Tensor:
     """Raster indices (K,) long of the kept tokens of a keep mask (H, W) (or already flat (N,))."""
     if mask.dtype != torch.bool:
