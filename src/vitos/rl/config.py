@@ -171,9 +171,10 @@ class LoggingSection:
     wandb_project: str = "vitos"
     """W&B project name."""
     log_grad_cosine: bool = True
-    """Measure cos(grad L_grounding, grad L_sparse) on the trainable parameters every logged step. Costs
-    one extra forward and two backward passes over both branches' rows (local gradients, before DDP
-    averaging; not available under FSDP or DeepSpeed ZeRO-3)."""
+    """Measure cos(grad L_grounding, grad L_sparse) on the trainable parameters every logged step: a
+    measured answer to "do the branches conflict?". Costs one extra forward + backward over each branch's
+    rows. Uses each process's local gradients (logged: the mean over processes); null under FSDP and
+    DeepSpeed ZeRO-3, and when a branch's gradient is zero (all advantages 0)."""
     progress: bool = True
     """Show a tqdm progress bar (steps/s, ETA, mean rewards)."""
 

@@ -165,8 +165,11 @@ def build_policy(adapter: ModelAdapter, prune: PruneConfig, lora: bool = True, l
             for mod in vision_modules(model):
                 mod.requires_grad_(False)
         trainable = model
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:  # non-reentrant: works with frozen embeddings (LoRA) without extra hooks
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not any(p.requires_grad for p in trainable.parameters()):
         raise ValueError("no trainable parameters: check model.lora / model.freeze_vision")
     return Policy(adapter, prune, trainable, reference)

@@ -1,0 +1,401 @@
+"""`vitos train`: the ViToS dual-stream GRPO loop, read top to bottom.
+
+    per step:  batch of questions
+               -> rollouts   (vitos.rl.rollout: encode once, G grounding, G x G' sparse)
+               -> rewards    (vitos.rl.rewards via rollout.score: cross-feedback between the branches)
+               -> advantages (vitos.rl.grpo.group_advantages, per branch)
+               -> loss/step  (vitos.rl.grpo.grpo_loss, per branch, as the schedule says)
+               -> log / save (vitos.rl.checkpoint)
+
+Schedules (`schedule.name`): `stagewise` (authors: grounding objective for stage1_steps, then the sparse
+objective; both branches are still sampled every step, since sparse rollouts need grounding boxes and
+give the grounding reward its cross-feedback), `interleaved` (grounding update, then fresh sparse
+rollouts from the updated policy and a sparse update), `joint` (one summed loss; the paper's ablation).
+Each step can also log cos(grad L_grounding, grad L_sparse): a measured answer to "do they conflict?".
+
+Departures from the authors' stack (EasyR1: Ray + vLLM + FSDP): rollouts use our own batched decoder
+(vitos.engine), because vLLM cannot take a pruned, non-rectangular image grid; one policy update per
+rollout batch (old log-probs = current ones, ratio 1 at the update), as EasyR1's default.
+
+Run:  vitos train --config configs/tiny_cpu.yaml [schedule.name=joint ...]     (one process; breakpoint() works)
+      accelerate launch --config_file configs/accelerate/ddp.yaml -m vitos.cli train --config configs/lingshu7b_8gpu.yaml
+      vitos train --config configs/tiny_cpu.yaml --resume runs/tiny_cpu          (continue the latest checkpoint)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from vitos.config import ConfigError, describe, load_config, to_dict
+from vitos.data.sample import Sample
+from vitos.pipeline import encode
+from vitos.rl.checkpoint import (
+    CheckpointError, MetricsWriter, find_checkpoint, load_checkpoint, read_metrics, register_trainable_only_hooks,
+    rewind_metrics, save_checkpoint,
+)
+from vitos.rl.config import TrainConfig, branches_for_step, lr_factor, stage_of, validate
+from vitos.rl.grpo import group_advantages, grpo_loss
+from vitos.rl.policy import PolicyView, ScoreRequest, build_policy, export_model, pack
+from vitos.rl.rollout import RewardOverride, StepRewards, StepRollouts, chunk_weight, collect, sample_sparse, score, split_rows
+
+StepCallback = Callable[[int, dict[str, Any]], None]
+UPDATE_KEYS = [f"{b}/{k}" for b in ("grounding", "sparse") for k in ("loss", "kl", "approx_kl", "clip_frac", "grad_norm")]
+"""Per-branch update statistics; `kl` is the k3 KL to the reference (null when grpo.beta = 0)."""
+
+
+def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOverride | None = None,
+          on_step_end: StepCallback | None = None) -> dict[str, Any]:
+    """Train as `cfg` says; returns the metrics of the last step.
+
+    resume: a run directory (its latest checkpoint) or a checkpoints/step-N folder.
+    reward_override: diagnostic hook replacing every rollout's total reward (see vitos.rl.rollout).
+    on_step_end: called as fn(step, metrics) after each step's logging and checkpointing.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from vitos.models import load_model
+
+    validate(cfg)
+    acc = Accelerator(cpu=cfg.device == "cpu", gradient_accumulation_steps=cfg.optim.micro_batches,
+                      step_scheduler_with_optimizer=False)
+    set_seed(cfg.seed, device_specific=True)  # seed + process index: ranks sample differently
+    run_dir = Path(cfg.checkpoint.out_dir)
+    samples, n_skipped = _load_data(cfg, acc)
+
+    # --- policy, optimiser, schedule --------------------------------------------------------------
+    adapter = load_model(_model_path(cfg, acc), cfg.model.dtype, device=str(acc.device), attn_implementation=cfg.model.attn)
+    m = cfg.model
+    policy = build_policy(adapter, cfg.prune, m.lora, m.lora_r, m.lora_alpha, m.lora_dropout, m.freeze_vision,
+                          m.gradient_checkpointing, need_reference=cfg.grpo.beta > 0)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(cfg, t))
+    _configure_deepspeed(acc, cfg)
+    policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
+    register_trainable_only_hooks(acc)
+    view = PolicyView(policy, adapter)  # rollouts call the wrapped module, never bare submodules
+    generator = torch.Generator(acc.device).manual_seed(cfg.seed + acc.process_index)
+    vision_trainable = not m.freeze_vision
+
+    state: dict[str, Any] = {"step": 0, "position": 0, "num_processes": acc.num_processes}
+    if resume:
+        state = load_checkpoint(acc, policy, resume, generator)
+        if acc.is_main_process:
+            rewind_metrics(run_dir / "metrics.jsonl", state["step"])
+    config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+    writer = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.logging.wandb_project,
+                           to_dict(cfg), enabled=acc.is_main_process)
+    stage1_ckpt = {cfg.schedule.stage1_steps} if cfg.schedule.name == "stagewise" else set()
+    local_b = cfg.data.batch_size // acc.num_processes
+    bar = tqdm(total=cfg.schedule.total_steps, initial=state["step"], unit="step", dynamic_ncols=True,
+               disable=not (acc.is_main_process and cfg.logging.progress))
+
+    # --- one branch (or, for `joint`, both) -> GRPO loss -> optimiser step --------------------------
+    def branch_rows(step_r: StepRollouts, rewards: StepRewards, branch: str) -> list[tuple[ScoreRequest, float, str]]:
+        rolls = step_r.grounding if branch == "grounding" else step_r.sparse
+        r, groups = (rewards.grounding, rewards.grounding_groups) if branch == "grounding" else (rewards.sparse, rewards.sparse_groups)
+        adv = group_advantages(r, groups, scale=cfg.grpo.scale_advantages)  # (N,)
+        return [(ScoreRequest(step_r.prompts[o.question][branch], step_r.image_ids(o.question), o.keeps, o.token_ids),
+                 float(a), branch) for o, a in zip(rolls, adv)]
+
+    def losses(step_r: StepRollouts, rows: list, chunk: range, branches: list[str]) -> tuple[torch.Tensor, dict[str, dict]]:
+        """Summed branch losses of one micro-batch, each weighted so the chunks add up to the full-batch loss."""
+        reqs, used = pack([rows[k][0] for k in chunk], sum(len(ims) for ims in step_r.images))
+        feats = [step_r.flat_encoded[i] for i in used]
+        imgs = [step_r.flat_images[i] for i in used] if vision_trainable else None
+        logp, mask = policy("logprobs", reqs, feats, imgs)  # (n, T), (n, T)
+        total, stats = logp.new_zeros(()), {}
+        for b in branches:
+            idx = [n for n, k in enumerate(chunk) if rows[k][2] == b]
+            if not idx:
+                continue
+            lens_all = [int(r[0].completion.numel()) for r in rows if r[2] == b]
+            lp, mk = logp[idx], mask[idx]  # (n_b, T)
+            ref = None
+            if cfg.grpo.beta > 0:  # (n_b, T_b) with T_b <= T: pad to the chunk's width (padding is masked out)
+                ref = policy("ref_logprobs", [reqs[n] for n in idx], feats)
+                ref = torch.nn.functional.pad(ref, (0, lp.shape[1] - ref.shape[1]))
+            adv = torch.tensor([rows[chunk[n]][1] for n in idx], device=lp.device)  # (n_b,)
+            loss, st = grpo_loss(lp, lp.detach(), adv, mk, ref, cfg.grpo.beta, cfg.grpo.clip_low, cfg.grpo.clip_high,
+                                 cfg.grpo.dual_clip, cfg.grpo.agg, max_len=max(lens_all))
+            w = chunk_weight([int(mk[n].sum()) for n in range(len(idx))], lens_all, cfg.grpo.agg)
+            total = total + w * loss
+            stats[b] = {"loss": w * loss.item(), **{k: w * v for k, v in st.items()}}
+        return total, stats
+
+    def update(step_r: StepRollouts, rewards: StepRewards, branches: list[str]) -> dict[str, Any]:
+        rows = [row for b in branches for row in branch_rows(step_r, rewards, b)]
+        out: dict[str, Any] = {}
+        for chunk in split_rows(len(rows), cfg.optim.micro_batches):
+            with acc.accumulate(policy):  # no gradient sync until the last micro-batch
+                loss, stats = losses(step_r, rows, chunk, branches)
+                acc.backward(loss * cfg.optim.micro_batches)  # accelerate divides by the accumulation count
+                for b, st in stats.items():
+                    for k, v in st.items():
+                        out[f"{b}/{k}"] = out.get(f"{b}/{k}", 0.0) + v
+                if acc.sync_gradients:
+                    if cfg.optim.max_grad_norm > 0:  # joint: one norm for the summed loss, logged under both
+                        norm = acc.clip_grad_norm_(params, cfg.optim.max_grad_norm)  # None under DeepSpeed
+                        out.update({f"{b}/grad_norm": None if norm is None else float(norm) for b in branches})
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+        return out
+
+    def grad_cosine(step_r: StepRollouts, rewards: StepRewards) -> float | None:
+        """cos(grad L_grounding, grad L_sparse) over trainable parameters (local, un-synchronised gradients)."""
+        if acc.distributed_type.name == "FSDP" or (acc.state.deepspeed_plugin and acc.state.deepspeed_plugin.zero_stage == 3):
+            return None
+        grads = []
+        with acc.no_sync(policy):
+            for b in ("grounding", "sparse"):
+                rows = branch_rows(step_r, rewards, b)
+                g = [torch.zeros_like(p) for p in params]
+                for chunk in split_rows(len(rows), cfg.optim.micro_batches):
+                    loss, _ = losses(step_r, rows, chunk, [b])
+                    for acc_g, d in zip(g, torch.autograd.grad(loss, params, allow_unused=True)):
+                        if d is not None:
+                            acc_g += d
+                grads.append(torch.cat([x.flatten().float() for x in g]))
+        norm = grads[0].norm() * grads[1].norm()
+        return float(grads[0] @ grads[1] / norm) if norm > 0 else None
+
+    # --- the loop ------------------------------------------------------------------------------------
+    metrics: dict[str, Any] = {}
+    for step in range(state["step"] + 1, cfg.schedule.total_steps + 1):
+        t0 = time.perf_counter()
+        batch, epoch = _local_batch(samples, state["position"], cfg.data.batch_size, cfg.data.shuffle_seed, acc, local_b)
+        policy.eval()
+        step_r = collect(view, batch, cfg.rollout, cfg.prune, generator, cfg.sparse_group_size)
+        t_gen = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        rewards = score(step_r, cfg.rewards, cfg.grpo.sparse_grouping, reward_override)
+        t_score = time.perf_counter() - t1
+        t_update = t_extra_gen = 0.0
+
+        policy.train()
+        metrics = {"stage": stage_of(cfg, step), "lr": scheduler.get_last_lr()[0]}
+        t2 = time.perf_counter()
+        if cfg.logging.log_grad_cosine and step % cfg.logging.every == 0:
+            metrics["grad_cosine"] = grad_cosine(step_r, rewards)
+        if (cfg.schedule.name == "stagewise" and cfg.optim.fresh_optimizer_at_stage2
+                and step == cfg.schedule.stage1_steps + 1 and step > 1):
+            _clear_optimizer_state(optimizer)
+        if cfg.schedule.name == "joint":  # one summed loss, one optimiser step
+            metrics.update(update(step_r, rewards, ["grounding", "sparse"]))
+        else:
+            for b in branches_for_step(cfg, step):  # stagewise: one branch; interleaved: grounding then sparse
+                if b == "sparse" and cfg.schedule.name == "interleaved":  # fresh sparse rollouts from the updated policy
+                    t3 = time.perf_counter()
+                    policy.eval()
+                    if vision_trainable:
+                        step_r.encoded = encode(view, step_r.images)
+                    step_r.sparse = sample_sparse(step_r, view, cfg.rollout, cfg.prune, generator)
+                    rewards = score(step_r, cfg.rewards, cfg.grpo.sparse_grouping, reward_override)
+                    policy.train()
+                    t_extra_gen = time.perf_counter() - t3
+                metrics.update(update(step_r, rewards, [b]))
+        scheduler.step()
+        t_update = time.perf_counter() - t2 - t_extra_gen
+        state["position"] += cfg.data.batch_size
+
+        dt = time.perf_counter() - t0
+        metrics.update(_rollout_metrics(step_r, rewards))
+        for key in [*UPDATE_KEYS, "grad_cosine"]:  # null: branch not updated this step (stagewise) / not measured
+            metrics.setdefault(key, None)
+        n_rollouts = len(step_r.grounding) + len(step_r.sparse) * (2 if cfg.schedule.name == "interleaved" else 1)
+        metrics.update({
+            "data/epoch": epoch, "data/skipped_rows": n_skipped,
+            "time/step_s": dt, "time/generation_s": t_gen + t_extra_gen, "time/scoring_s": t_score,
+            "time/update_s": t_update, "rollouts_per_s": n_rollouts * acc.num_processes / dt,
+        })
+        metrics = _mean_over_processes(metrics, acc)
+        state["step"] = step
+        if step % cfg.logging.every == 0 or step == cfg.schedule.total_steps:
+            writer.write(step, metrics)
+        if ((cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == cfg.schedule.total_steps
+                or step in stage1_ckpt):
+            save_checkpoint(acc, run_dir, {**state, "epoch": epoch}, generator, config_yaml, cfg.checkpoint.keep_last,
+                            stage1_ckpt)
+        bar.update(1)
+        bar.set_postfix(rg=f"{metrics['grounding/reward']:.3f}", rs=f"{metrics['sparse/reward']:.3f}")
+        if on_step_end is not None:
+            on_step_end(step, metrics)
+    bar.close()
+    writer.close()
+
+    # --- a loadable model ---------------------------------------------------------------------------
+    full_state = acc.get_state_dict(policy)  # gathers shards; every process must call it
+    if acc.is_main_process and metrics:
+        export_model(acc.unwrap_model(policy), full_state, run_dir / "final", m.lora_alpha / m.lora_r if m.lora else None)
+    acc.wait_for_everyone()
+    if not metrics and (run_dir / "metrics.jsonl").exists():  # resumed a finished run: report its last step
+        metrics = read_metrics(run_dir / "metrics.jsonl")[-1]
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: data, built-in offline sources, metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_path(cfg: TrainConfig, acc: Any) -> str:
+    """`tiny` -> write (once) and return a tiny random checkpoint inside the run directory."""
+    if cfg.model.name_or_path != "tiny":
+        return cfg.model.name_or_path
+    path = Path(cfg.checkpoint.out_dir) / "tiny-model"
+    if acc.is_main_process and not (path / "config.json").exists():
+        from vitos.models.tiny import write_tiny_model
+
+        write_tiny_model(path, seed=0)
+    acc.wait_for_everyone()
+    return str(path)
+
+
+def _load_data(cfg: TrainConfig, acc: Any) -> tuple[list[Sample], int]:
+    """Read the training rows (`medphantom:N` generates N MedPhantom rows first); returns samples, #skipped."""
+    from vitos.data.readers import read_rows
+
+    path = cfg.data.train_path
+    if path.startswith("medphantom:"):
+        from vitos.data.medphantom import PhantomConfig, write_dataset
+
+        n = int(path.split(":", 1)[1])
+        folder = Path(cfg.checkpoint.out_dir) / "data" / f"medphantom-{n}"
+        if acc.is_main_process and not (folder / "train.jsonl").exists():
+            write_dataset(PhantomConfig(seed=0, n_train=n, n_test=0), folder)
+        acc.wait_for_everyone()
+        path = str(folder / "train.jsonl")
+    result = read_rows(path, image_root=cfg.data.image_root, skip_bad_rows=cfg.data.skip_bad_rows, limit=cfg.data.limit)
+    if not result.samples:
+        raise ConfigError(f"data.train_path {cfg.data.train_path!r} yielded no usable rows ({len(result.skipped)} skipped)")
+    if cfg.data.batch_size % acc.num_processes:
+        raise ConfigError(f"data.batch_size {cfg.data.batch_size} must be divisible by the {acc.num_processes} processes")
+    return result.samples, len(result.skipped)
+
+
+def batch_indices(n: int, batch_size: int, position: int, seed: int) -> tuple[list[int], int]:
+    """Rows of the batch that starts `position` questions into the run: a seeded permutation per epoch
+    (epoch e: generator seeded with seed * 1_000_003 + e), crossing into the next epoch when needed.
+    Returns (indices, epoch of the first row)."""
+    out: list[int] = []
+    first_epoch = position // n
+    while len(out) < batch_size:
+        epoch, offset = divmod(position, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch)).tolist()
+        take = perm[offset : offset + batch_size - len(out)]
+        out += take
+        position += len(take)
+    return out, first_epoch
+
+
+def _local_batch(samples: list[Sample], position: int, batch_size: int, seed: int, acc: Any, local_b: int):
+    idx, epoch = batch_indices(len(samples), batch_size, position, seed)
+    mine = idx[acc.process_index * local_b : (acc.process_index + 1) * local_b]
+    return [samples[i] for i in mine], epoch
+
+
+def _configure_deepspeed(acc: Any, cfg: TrainConfig) -> None:
+    """DeepSpeed owns gradient accumulation: its count must be our micro-batch count; and with no
+    dataloader to infer it from, its per-GPU micro-batch size must be set (one prompt group per pass)."""
+    plugin = acc.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    if acc.gradient_accumulation_steps != cfg.optim.micro_batches:
+        raise ConfigError(
+            f"the DeepSpeed config accumulates {acc.gradient_accumulation_steps} micro-batches but "
+            f"optim.micro_batches is {cfg.optim.micro_batches}; set both to the same value"
+        )
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = 1
+
+
+def _clear_optimizer_state(optimizer: Any) -> None:
+    """Drop AdamW moments (stage 2 starts like the authors' separate run); DeepSpeed keeps its own."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if isinstance(inner, torch.optim.Optimizer):
+        inner.state.clear()
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _rollout_metrics(step_r: StepRollouts, rewards: StepRewards) -> dict[str, Any]:
+    """Rewards per component and branch, IoU, accuracy, kept-token ratio, response lengths."""
+    out: dict[str, Any] = {}
+    for b, parts, rolls in (("grounding", rewards.grounding_parts, step_r.grounding),
+                            ("sparse", rewards.sparse_parts, step_r.sparse)):
+        out[f"{b}/reward"] = _mean([p["total"] for p in parts])
+        out[f"{b}/reward_format"] = _mean([p["format"] for p in parts])
+        out[f"{b}/reward_cross"] = _mean([p["cross"] for p in parts])
+        out[f"{b}/accuracy"] = _mean([p["accuracy"] for p in parts])
+        lengths = [int(o.token_ids.numel()) for o in rolls]
+        out[f"{b}/response_length"] = _mean(lengths)
+        out[f"{b}/response_length_max"] = max(lengths)
+        out[f"{b}/stopped_frac"] = _mean([float(o.stopped) for o in rolls])
+    out["grounding/iou"] = _mean([p["iou"] for p in rewards.grounding_parts if p["iou"] is not None])
+    out["kept_token_ratio"] = _mean([o.n_visual_kept / max(1, o.n_visual_total) for o in step_r.sparse])
+    out["box_fallback_frac"] = _mean([float(o.fallback is not None) for o in step_r.grounding])
+    return out
+
+
+def _mean_over_processes(metrics: dict[str, Any], acc: Any) -> dict[str, Any]:
+    """Average numeric metrics over processes (nulls ignored); a no-op in one process."""
+    if acc.num_processes == 1:
+        return metrics
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) or v is None)
+    local = torch.tensor([math.nan if metrics[k] is None else float(metrics[k]) for k in keys], device=acc.device)
+    every = acc.gather(local[None])  # (P, K)
+    mean = every.nanmean(dim=0)
+    return {**metrics, **{k: (None if math.isnan(v) else v) for k, v in zip(keys, mean.tolist())}}
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def main_train(argv: list[str]) -> int:
+    """`vitos train --config FILE [--resume RUN_OR_CKPT] [key=value ...]` / `vitos train --help-config`."""
+    p = argparse.ArgumentParser(prog="vitos train", description="ViToS dual-stream GRPO training.")
+    p.add_argument("--config", help="YAML file of TrainConfig values (e.g. configs/tiny_cpu.yaml)")
+    p.add_argument("--resume", help="run directory (latest checkpoint) or checkpoints/step-N folder")
+    p.add_argument("--help-config", action="store_true", help="list every config key, its default and meaning")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.name=joint rollout.group_size=4")
+    args = p.parse_args(argv)
+    if args.help_config:
+        for key, default, doc in describe(TrainConfig):
+            print(f"{key} = {default}\n    {doc}")
+        return 0
+    try:
+        config_path = args.config
+        if config_path is None and args.resume:  # resume alone: the checkpoint's own config
+            config_path = str(find_checkpoint(args.resume) / "config.yaml")
+        cfg = load_config(TrainConfig, config_path, args.overrides)
+        final = train(cfg, resume=args.resume)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+        print(f"vitos train: error: {err}", file=sys.stderr)
+        return 2
+    shown = {k: final.get(k) for k in ("grounding/reward", "sparse/reward", "grounding/accuracy", "sparse/accuracy",
+                                        "kept_token_ratio", "grad_cosine")}
+    print(f"done: {cfg.schedule.total_steps} steps, run directory {cfg.checkpoint.out_dir}; last step: {shown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_train(sys.argv[1:]))
