@@ -7,7 +7,7 @@
 Models (both random, CPU by default; `--device cuda` on a GPU):
   tiny   the test checkpoint (hidden 64, 2 layers, vision depth 2);
   0.5b   a Qwen2.5-VL whose language model has Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV
-         heads, MLP 4864; tiny 790-token vocabulary) and the tiny 2-block vision tower.
+         heads, MLP 4864; tiny 790-token vocabulary) and a 2-block, 128-wide vision tower.
 Cells: G in {2, 4} (G' = G, the paper's G x G tree) x schedule in {stagewise, interleaved, joint}; one
 MedPhantom question (224 x 224 = 64 visual tokens) per step, LoRA r 16, max_new_tokens 16 (quick) / 32
 (full), no gradient-cosine pass (it is a diagnostic; `--grad-cosine` adds it). The stagewise cells run
@@ -48,25 +48,10 @@ GROUP_SIZES = (2, 4)
 
 
 def write_model(kind: str, out: Path) -> Path:
-    """The tiny checkpoint, or the same folder re-shaped to Qwen2.5-0.5B's language model."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """The tiny checkpoint, or one with Qwen2.5-0.5B's language-model shape (vitos.models.tiny.QWEN05B_SHAPE)."""
+    from vitos.models.tiny import QWEN05B_SHAPE, write_tiny_model
 
-    from vitos.models.tiny import write_tiny_model
-
-    path = write_tiny_model(out / kind, seed=0)
-    if kind == "tiny":
-        return path
-    cfg = Qwen2_5_VLConfig.from_pretrained(path)
-    text = cfg.text_config
-    text.hidden_size, text.num_hidden_layers, text.intermediate_size = 896, 24, 4864
-    text.num_attention_heads, text.num_key_value_heads = 14, 2
-    text.head_dim = 896 // 14
-    text.layer_types = ["full_attention"] * 24
-    text.rope_parameters["mrope_section"] = [8, 12, 12]  # (t, h, w), sums to head_dim / 2 = 32 (Qwen: 16, 24, 24 of 64)
-    cfg.vision_config.out_hidden_size = 896  # the merger projects onto the LM width
-    torch.manual_seed(0)
-    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path, safe_serialization=True)
-    return path
+    return write_tiny_model(out / kind, seed=0, **(QWEN05B_SHAPE if kind != "tiny" else {}))
 
 
 def run_cell(model_dir: Path, data: str, work: Path, schedule: str, g: int, steps: int, max_new: int,
