@@ -125,7 +125,7 @@ def completion_logprobs(
     Returns logp (B, T) and mask (B, T) (1 on real completion tokens).
     """
     embeds, positions, mask = collate(seqs)  # (B, Lp, D), (P, B, Lp), (B, Lp)
-    b, lp, _ = embeds.shape
+    b = embeds.shape[0]
     device = embeds.device
     t_max = max(1, max(int(c.numel()) for c in completions))
     comp = torch.full((b, t_max), adapter.pad_token_id, dtype=torch.long, device=device)
@@ -139,7 +139,9 @@ def completion_logprobs(
     full_embeds = torch.cat([embeds, adapter.embed_tokens(comp)], dim=1)  # (B, Lp + T, D)
     full_pos = torch.cat([positions, comp_pos], dim=2)  # (P, B, Lp + T)
     full_mask = torch.cat([mask, comp_mask], dim=1)  # (B, Lp + T)
-    logits, _ = adapter.lm_forward(full_embeds, full_pos, full_mask)  # (B, Lp + T, V)
-    logits = logits[:, lp - 1 : lp - 1 + t_max].float()  # (B, T, V)
+    # Only the last T + 1 columns feed the head: the vocabulary projection of the prompt (thousands of
+    # visual tokens) is never materialised.
+    logits, _ = adapter.lm_forward(full_embeds, full_pos, full_mask, logits_to_keep=t_max + 1)  # (B, T + 1, V)
+    logits = logits[:, :-1].float()  # (B, T, V): column Lp - 1 + k predicts completion token k
     logp = torch.log_softmax(logits, dim=-1).gather(-1, comp[..., None]).squeeze(-1)  # (B, T)
     return logp * comp_mask, comp_mask
