@@ -1,0 +1,176 @@
+"""`vitos demo` and the warm start it relies on (vitos.demo, vitos.sft).
+
+Fast tests check the pure pieces against hand-computed values. `test_quick_demo_end_to_end` runs
+`vitos demo --quick` once (about 3 minutes on 2 CPU cores) and is marked slow: run it with
+`pytest tests/test_demo.py -m slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from vitos.data.sample import Sample
+from vitos.demo import (
+    QUICK_PRESET,
+    DemoConfig,
+    baseline_keeps,
+    build_config,
+    check_targets,
+    format_table,
+    moving_average,
+    relative_performance,
+    reward_rise,
+)
+from vitos.models.base import EncodedImage
+from vitos.pruning.boxes import boxes_to_keep_mask
+from vitos.sft import SFTConfig, jitter_boxes, lr_factor, short_prompt, targets, think_texts, token_labels
+
+
+def _phantom_like(lesions, distractors=(), box=(0.25, 0.25, 0.5, 0.5)) -> Sample:
+    return Sample(
+        id="s0", images=[], question="Is there a lesion in the kidney?", answer="yes" if lesions else "no",
+        kind="yes_no", boxes=[list(box)],
+        meta={"organ": "kidney", "location": "upper left", "lesions": list(lesions), "distractors": list(distractors)},
+    )
+
+
+# ------------------------------------------------------------------------------------------- demo helpers
+
+
+def test_relative_performance_is_a_ratio_and_undefined_for_a_zero_reference():
+    assert relative_performance(0.6, 0.5) == pytest.approx(1.2)
+    assert relative_performance(0.3, 0.0) is None
+
+
+def test_reward_rise_compares_first_and_last_thirds_and_skips_missing_points():
+    first, last = reward_rise([1.0, 2.0, None, 3.0, 4.0, 5.0, 6.0])  # 6 valid points: thirds of 2
+    assert (first, last) == (pytest.approx(1.5), pytest.approx(5.5))
+    assert reward_rise([1.0, 2.0]) is None
+
+
+def test_moving_average_is_trailing_with_a_short_start():
+    assert moving_average([2.0, 4.0, 6.0, 8.0], 2) == [2.0, 3.0, 5.0, 7.0]
+
+
+def test_table_prints_percentages_and_dashes_for_missing_values():
+    table = format_table([{"name": "full", "accuracy": 0.5, "relative": 1.0, "kept": 1.0, "miou": None, "latency_ms": 12.4}])
+    row = table.splitlines()[2]
+    assert row == "| full | 50.0% | 100.0% | 100.0% | - | 12 |"
+
+
+def test_targets_follow_the_issue_thresholds():
+    base = {"relative_performance": 1.0, "kept_token_ratio": 0.77, "miou_warm_start": 0.3, "miou_rl": 0.31,
+            "reward_rise": {"grounding": {"rise": 0.1}, "sparse": {"rise": -0.01}}}
+    t = check_targets(base)
+    assert t == {"relative_performance_ge_1_at_le_77pct_tokens": True, "miou_rl_gt_warm_start": True,
+                 "grounding_reward_rises": True, "sparse_reward_rises": False}
+    assert check_targets({**base, "kept_token_ratio": 0.78})["relative_performance_ge_1_at_le_77pct_tokens"] is False
+    assert check_targets({**base, "miou_rl": 0.3})["miou_rl_gt_warm_start"] is False  # equal is not "exceeds"
+
+
+def test_quick_flag_applies_the_preset_but_explicit_overrides_win(tmp_path):
+    quick = build_config(quick=True)
+    assert quick.rl_steps == QUICK_PRESET["rl_steps"] and quick.n_test == QUICK_PRESET["n_test"]
+    assert build_config().rl_steps == DemoConfig().rl_steps
+    mixed = build_config(quick=True, overrides=["rl_steps=7"], seed=3, out_dir=str(tmp_path))
+    assert mixed.rl_steps == 7 and mixed.n_test == QUICK_PRESET["n_test"]
+    assert (mixed.seed, mixed.out_dir) == (3, str(tmp_path))
+
+
+def test_baseline_masks_keep_exactly_the_budget_per_image():
+    enc = [[EncodedImage(torch.randn(64, 8), (8, 8), (224, 224))], [EncodedImage(torch.randn(16, 8), (4, 4), (112, 112))]]
+    for name in ("center", "random", "visionzip"):
+        masks = baseline_keeps(name, enc, [10, 3], seed=0)
+        kept = [int(m[0].sum()) for m in masks]
+        assert [tuple(m[0].shape) for m in masks] == [(8, 8), (4, 4)]
+        # visionzip keeps budget - 4 dominant tokens (the 4 contextual ones are added by fusion), at least 1
+        assert kept == ([6, 1] if name == "visionzip" else [10, 3])
+    centre = baseline_keeps("center", enc[:1], [4], seed=0)[0][0]
+    assert centre[3:5, 3:5].all()  # the four cells around the image centre
+    with pytest.raises(ValueError, match="unknown demo baseline"):
+        baseline_keeps("fastv", enc, [10, 3], seed=0)
+
+
+# ------------------------------------------------------------------------------------------- warm start
+
+
+def test_compact_thinking_names_the_place_then_what_the_evidence_shows():
+    s = _phantom_like([{"brightness": "dark", "center": [70, 70], "radius": 5}] * 2)
+    assert think_texts(s, "compact") == ("The kidney is in the upper left.", "The kidney shows two dark lesions.")
+    assert think_texts(_phantom_like([]), "compact")[1] == "The kidney shows no lesion."
+    g, sp = targets(s, "compact")
+    assert g == "<think>The kidney is in the upper left.</think><box>[[0.25,0.25,0.50,0.50]]</box><answer>yes</answer>"
+    assert sp == "<think>The kidney shows two dark lesions.</think><answer>yes</answer>"
+
+
+def test_samples_without_phantom_metadata_fall_back_to_their_thinking_text():
+    s = Sample(id="x", images=[], question="q?", answer="no", kind="yes_no", boxes=[[0.1, 0.1, 0.2, 0.2]],
+               meta={"thinking": "First sentence. Second one."})
+    assert think_texts(s, "compact") == ("First sentence.", "First sentence.")
+    assert think_texts(s, "full") == ("First sentence. Second one.",) * 2
+    with pytest.raises(ValueError, match="think style"):
+        think_texts(s, "long")
+
+
+def test_token_labels_mark_the_cell_of_each_spot_centre_and_the_box_tokens():
+    spots = [{"brightness": "dark", "center": [40.0, 40.0], "radius": 5}]  # 224 px image, 8x8 grid: cell (1, 1)
+    distractor = [{"brightness": "bright", "center": [200.0, 100.0], "radius": 5}]  # cell (3, 7)
+    s = _phantom_like(spots, distractor)
+    classes, evidence = token_labels(s, (8, 8), (224, 224))
+    assert classes.shape == (64,) and evidence.shape == (64,)
+    expected = torch.zeros(64, dtype=torch.long)
+    expected[1 * 8 + 1] = 1
+    expected[3 * 8 + 7] = 2
+    assert torch.equal(classes, expected)
+    assert torch.equal(evidence.bool(), boxes_to_keep_mask(s.boxes, (8, 8), min_keep=0).reshape(-1))
+    plain = Sample(id="y", images=[], question="q", answer="a", boxes=[[0.0, 0.0, 0.5, 0.5]])
+    assert (token_labels(plain, (8, 8), (224, 224))[0] == -1).all()  # no spot metadata: ignored
+
+
+def test_short_prompt_keeps_question_and_format_line_only():
+    assert short_prompt("Q?\nA. x\n\nLong instructions.\n\nFormat: <think>") == "Q?\nA. x\n\nFormat: <think>"
+    assert short_prompt("just one block") == "just one block"
+
+
+def test_jittered_boxes_stay_valid_and_within_the_jitter():
+    rng = random.Random(0)
+    box = [0.0, 0.3, 0.4, 0.6]
+    for _ in range(200):
+        (x1, y1, x2, y2), = jitter_boxes([box], 0.05, rng)
+        assert 0.0 <= x1 < x2 <= 1.0 and 0.0 <= y1 < y2 <= 1.0
+        assert max(abs(a - b) for a, b in zip((x1, y1, x2, y2), box)) <= 0.05 + 1e-12
+    assert jitter_boxes([box], 0.0, rng) == [box]
+
+
+def test_warm_start_lr_warms_up_then_decays_to_a_tenth():
+    cfg = SFTConfig(steps=110, warmup_steps=10, schedule="cosine")
+    assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 10) == pytest.approx(1.0) and lr_factor(cfg, 109) == pytest.approx(0.1)
+    assert lr_factor(SFTConfig(steps=110, schedule="constant"), 100) == 1.0
+    with pytest.raises(ValueError, match="sequences"):
+        SFTConfig(sequences=("grounding", "caption"))
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    from vitos.demo import main_demo
+
+    out_json = tmp_path / "demo.json"
+    assert main_demo(["--quick", "--json", str(out_json), "--out", str(tmp_path / "run")]) == 0
+    summary = json.loads(out_json.read_text())
+    for key in ("relative_performance", "kept_token_ratio", "miou_warm_start", "miou_rl", "accuracy_full",
+                "accuracy_vitos", "accuracy_baseline"):
+        assert key in summary and summary[key] is not None, key
+    # What --quick shows robustly (see the README's demo section for what only the full demo shows):
+    assert summary["kept_token_ratio"] <= 0.77  # pruning really prunes
+    assert summary["reward_rise"]["grounding"]["rise"] > 0  # RL raises the grounding branch's reward
+    for name in ("reward_curves.png", "accuracy_vs_kept.png", "summary.md"):
+        assert (tmp_path / "run" / name).is_file()
+    assert len(list((tmp_path / "run" / "overlays").glob("*.png"))) == QUICK_PRESET["n_overlays"]
