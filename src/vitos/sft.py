@@ -1,33 +1,46 @@
-"""Supervised warm start: teach a model the two branches' output format (and some grounding) before RL.
+"""Supervised warm start: give a random tiny VLM eyes, the output format and some grounding before RL.
 
-Real VLMs (Lingshu-7B, HuatuoGPT-Vision-7B) can already follow instructions and point at regions; a
-randomly initialised tiny model cannot, and RL from random text would never sample a valid box. This
-stage minimises the negative log-likelihood of reference completions built from samples that carry
-evidence boxes (MedPhantom, ViTAR-16K). Per sample, up to three sequences (`SFTConfig.sequences`):
+Real VLMs (Lingshu-7B, HuatuoGPT-Vision-7B) can already see, follow instructions and point at regions; a
+randomly initialised tiny model can do none of it, and RL from random text would never sample a valid
+box. The paper starts RL from such instruction-tuned checkpoints and has no warm start; this module
+exists so that the embedded demo (`vitos demo`) can run the paper's RL on a CPU. Two stages:
 
-    grounding     all tokens + grounding prompt  -> "<think>Tg</think><box>[[gt box]]</box><answer>A</answer>"
-    sparse        tokens kept by a (jittered) GT box + fusion + sparse prompt -> "<think>Ts</think><answer>A</answer>"
-    full answer   all tokens + sparse prompt     -> "<think>Ts</think><answer>A</answer>"   ('full')
+0. `pretrain_vision`: dense per-token targets for the vision tower alone (spot class, evidence flag, the
+   token's own cell centre, the evidence box), through a throw-away linear head. Seconds, not minutes,
+   because only the tower runs and every image gives 64 targets instead of one.
+1. `warm_start`: next-token loss on reference completions of both branches, from samples with evidence
+   boxes (MedPhantom, ViTAR-16K). Per sample, the sequences listed in `SFTConfig.sequences`:
 
-Tg says where the evidence is, Ts what it shows (`think_texts`), A is the reference answer.
+    grounding   all tokens + grounding prompt      -> "<think>Tg</think><box>[[gt box]]</box><answer>A</answer>"
+    sparse      tokens kept by a (jittered) GT box -> "<think>Ts</think><answer>A</answer>"
+    full        all tokens + sparse prompt         -> "<think>Ts</think><answer>A</answer>"
+    where       all tokens + "Where is the evidence?" -> "<box>[[gt box]]</box>"
 
-Why each piece:
-  * the box target is jittered for the sparse sequence (`box_jitter`), so the sparse branch learns to
-    answer from the slightly-off boxes the grounding branch will really produce, not only from perfect ones;
-  * the full-answer sequence trains the same answer head on all visual tokens. `vitos.pipeline.run(mode=
-    "full")` answers with the sparse prompt on all tokens; without this sequence that baseline would be
-    scored on inputs it never saw in training, and "pruning helps" would be an artefact of the warm start;
-  * think='compact' uses two short generated sentences instead of MedPhantom's long `meta["thinking"]`:
-    every target token is a decoding step in every RL rollout, so short targets make RL several times
-    faster on a CPU. Samples without MedPhantom metadata fall back to the first sentence of
-    `meta["thinking"]` (or a fixed sentence).
+   Tg says where the evidence is, Ts what it shows (`think_texts`), A is the reference answer.
 
-Departure from the paper: the paper starts RL from instruction-tuned checkpoints and has no such stage;
-it exists so the embedded demo (`vitos demo`) can run the paper's RL on a CPU. All parameters train, the
-vision tower included (the tiny tower is random too).
+What we measured on MedPhantom with the 64-wide two-layer tiny model (2 CPU cores), and why the pieces are
+there:
+  * without stage 0 nothing generalised: 600 steps of stage 1 left every answer at the majority class;
+  * the position target matters because rotary embeddings act on attention scores, never on the values
+    a head returns: a tiny LM cannot read *where* a visual token sits, so boxes collapsed to the image
+    centre. Pretrained towers carry position in their features; the target puts it there;
+  * stage 1 must start with short targets, `sequences=("sparse", "where")` (the demo runs it for a few
+    hundred steps): answers written from ALL tokens cannot be predicted by a model that cannot yet relate
+    a spot to the organ around it, and mixing them in from step 0 taught the model to ignore the spots
+    (no learning after 400 steps; sparse first: oracle-box accuracy 0.8 after 300 + 300 steps);
+  * 'where' is what makes boxes follow the image: under the ~200-token grounding prompt alone the tiny LM
+    wrote the same box for every image (mIoU 0.33 after 300 box-only steps); under the 5-word prompt it
+    learned to localise (0.47), and with both prompts in every batch the long one followed (0.48);
+  * 'full' trains the baseline's input: `vitos.pipeline.run(mode="full")` answers with the sparse prompt
+    on all tokens, and without these targets that baseline would be scored on inputs it never saw;
+  * `box_jitter` lets the sparse branch answer from the slightly-off boxes grounding really produces;
+  * think='compact' (two short sentences, not MedPhantom's long `meta["thinking"]`): every target token is
+    a decoding step of every RL rollout, so short targets make RL several times faster.
 
-    from vitos.sft import SFTConfig, warm_start
-    losses = warm_start(adapter, train_samples, SFTConfig(steps=300), PruneConfig(margin=0.05))
+    from vitos.sft import SEQUENCE_KINDS, SFTConfig, VisionPretrainConfig, pretrain_vision, warm_start
+    pretrain_vision(adapter, train_samples, VisionPretrainConfig(steps=150))
+    warm_start(adapter, train_samples, SFTConfig(steps=250, sequences=("sparse", "where"), freeze_vision=True), prune)
+    warm_start(adapter, train_samples, SFTConfig(steps=250, sequences=SEQUENCE_KINDS, freeze_vision=True), prune)
 """
 
 from __future__ import annotations
@@ -49,7 +62,9 @@ from vitos.pruning.boxes import boxes_to_keep_mask
 from vitos.pruning.sparse import assemble
 
 THINK_STYLES = ("compact", "short", "full", "none")
-SEQUENCE_KINDS = ("grounding", "sparse", "full")
+SEQUENCE_KINDS = ("grounding", "sparse", "full", "where")
+WHERE_PROMPT = "Where is the evidence?"
+"""User text of the 'where' sequence: a short prompt whose target is the evidence box alone."""
 _NUMBER_WORDS = {0: "no", 1: "one", 2: "two", 3: "three", 4: "four"}
 
 
@@ -73,17 +88,14 @@ class SFTConfig:
     """Reasoning target: 'compact' (where / what, two short sentences), 'short' (first sentence of
     meta['thinking'] for both branches), 'full' (all of meta['thinking']) or 'none' (a fixed sentence)."""
     sequences: tuple[str, ...] = ("grounding", "sparse", "full")
-    """Which target sequences each sample contributes: 'grounding', 'sparse' (GT-box tokens) and 'full'
-    (the sparse prompt on ALL visual tokens, the `mode='full'` baseline's input)."""
+    """Which target sequences each sample contributes: 'grounding', 'sparse' (GT-box tokens), 'full'
+    (the sparse prompt on ALL visual tokens, the `mode='full'` baseline's input) and 'where' (WHERE_PROMPT
+    on all tokens -> "<box>[[gt box]]</box>": localisation without ~200 instruction tokens around it)."""
     box_jitter: float = 0.0
     """Sparse sequence: move each GT box side by up to this much (uniform, normalised units) before
     selecting tokens, so the sparse branch tolerates imperfect predicted boxes (0 = exact GT boxes)."""
     box_decimals: int = 2
     """Decimals of box coordinates in the grounding target."""
-    short_prompt_frac: float = 0.0
-    """Fraction of samples whose prompts are shortened to the question and the format line (the
-    instruction sentences dropped). A random LM learns to read visual tokens far faster when they are not
-    diluted among ~200 instruction tokens; what it learns carries over to the full prompts it also sees."""
     freeze_vision: bool = False
     """Keep the vision tower fixed (after `pretrain_vision`, so its dense features are not washed out
     while the language model is still random)."""
@@ -148,6 +160,12 @@ def targets(sample: Sample, style: str, decimals: int = 2) -> tuple[str, str]:
     )
 
 
+def where_target(sample: Sample, decimals: int = 2) -> str:
+    """The 'where' sequence's target: the grounding target's box block alone, "<box>[[x1,y1,x2,y2]]</box>"."""
+    text = format_grounding_target("x", sample.boxes, "x", decimals=decimals)
+    return text[text.index("<box>") : text.index("</box>") + len("</box>")]
+
+
 def jitter_boxes(boxes: list[list[float]], amount: float, rng: random.Random) -> list[list[float]]:
     """Move every side of every box by U(-amount, amount), clipped to [0, 1], never inverting a box."""
     if amount <= 0:
@@ -161,12 +179,6 @@ def jitter_boxes(boxes: list[list[float]], amount: float, rng: random.Random) ->
             nx1, ny1, nx2, ny2 = x1, y1, x2, y2
         out.append([nx1, ny1, nx2, ny2])
     return out
-
-
-def short_prompt(text: str) -> str:
-    """A prompt of `vitos.prompts` cut to its first block (question + options) and last (format line)."""
-    blocks = text.split("\n\n")
-    return text if len(blocks) < 3 else blocks[0] + "\n\n" + blocks[-1]
 
 
 def _tokens(adapter: ModelAdapter, text: str) -> torch.Tensor:
@@ -193,6 +205,9 @@ class VisionPretrainConfig:
     """Cross-entropy weight of the rare spot classes (dark, bright) against 'no spot'."""
     position_weight: float = 10.0
     """Weight of the squared error of each token's predicted cell centre (normalised x, y)."""
+    box_weight: float = 10.0
+    """Weight of the squared error of the evidence box [x1, y1, x2, y2] regressed by each token inside it
+    (0 = off). The grounding branch then only has to average what its evidence tokens say."""
     seed: int = 0
     """Seeds the sample order."""
 
@@ -215,9 +230,11 @@ def token_labels(sample: Sample, grid_hw: tuple[int, int], image_size: tuple[int
     evidence (H*W,) float: 1 inside a GT box's keep mask, else 0).
 
     Spot classes come from MedPhantom's meta (every lesion and distractor centre; a token holds the spot
-    whose centre falls in its cell); samples without that meta get -1 (ignored). Both labels are LOCAL
-    properties of one cell: whether a spot is a lesion (inside the organ) or a distractor is never
-    labelled, so the relation the question asks about is still left to the language model.
+    whose centre falls in its cell); samples without that meta get -1 (ignored). Both labels are local
+    properties of one cell, and lesion-vs-distractor is never labelled. But a lesion token is exactly a
+    spot token that is also an evidence token, so a model that reads ALL tokens can learn to find it:
+    that is why the demo's full-token warm start is well above chance, and ViToS has to match it rather
+    than beat a model blinded by distractors.
     """
     h, w = grid_hw
     evidence = boxes_to_keep_mask(sample.boxes, grid_hw, margin=0.0, min_keep=0).reshape(-1).float()  # (H*W,)
@@ -233,6 +250,16 @@ def token_labels(sample: Sample, grid_hw: tuple[int, int], image_size: tuple[int
     return classes, evidence
 
 
+def token_boxes(sample: Sample, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """(H*W, 4) per token of images[0]: the first GT box whose keep mask holds the token, NaN elsewhere."""
+    h, w = grid_hw
+    out = torch.full((h * w, 4), float("nan"))
+    for box in reversed(sample.boxes):  # reversed: the first box wins where boxes overlap
+        inside = boxes_to_keep_mask([box], grid_hw, margin=0.0, min_keep=0).reshape(-1)  # (H*W,)
+        out[inside] = torch.tensor(box, dtype=torch.float32)
+    return out
+
+
 def pretrain_vision(
     adapter: ModelAdapter,
     samples: list[Sample],
@@ -242,15 +269,17 @@ def pretrain_vision(
 ) -> list[float]:
     """Train the vision tower (and merger) with a throw-away linear head on per-token targets.
 
-    Targets per merged token: its spot class and evidence flag (`token_labels`) and its own cell centre
-    (`cell_centres`, normalised x, y). Why each:
+    Targets per merged token: its spot class and evidence flag (`token_labels`), its own cell centre
+    (`cell_centres`, normalised x, y) and, inside an evidence box, that box (`token_boxes`). Why:
       * a real VLM's tower is pretrained; the tiny one is random, and learning to see small spots from a
         one-token answer, through an LM, did not generalise after 4,800 samples in our runs. Dense labels
         give 64 targets per image instead of one, and only the tower runs, so the stage costs seconds;
       * position: rotary embeddings act on attention scores, never on the values an attention head
         returns, so a tiny LM cannot read *where* a token sits, and box coordinates (or "upper left") cannot
         be learned. Pretrained towers carry position in their features (CLIP-style towers through absolute
-        position embeddings, large RoPE towers through training); the target puts it there.
+        position embeddings, large RoPE towers through training); the target puts it there;
+      * box: with it, the grounding branch's box is the average of what its evidence tokens say (measured:
+        0.46-0.53 IoU for that average after 150-200 steps; the LM still has to learn to take it).
     The head is discarded; the LM is untouched. Returns the loss per step.
     """
     cfg = cfg or VisionPretrainConfig()
@@ -262,7 +291,8 @@ def pretrain_vision(
     model = adapter.model
     dim = int(adapter.encode_images([images[usable[0].id]])[0].features.shape[-1])
     if head is None:  # pass a head to inspect it afterwards (tests, diagnostics)
-        head = torch.nn.Linear(dim, 6).to(adapter.device)  # 3 spot classes, 1 evidence logit, (x, y)
+        # 3 spot classes, evidence, (x, y), then the box only when it is trained
+        head = torch.nn.Linear(dim, 10 if cfg.box_weight > 0 else 6).to(adapter.device)
     vision = _vision_parameters(model)
     if not vision:
         raise ValueError("pretrain_vision found no vision-tower parameters (expected names containing 'visual.')")
@@ -283,112 +313,19 @@ def pretrain_vision(
             spot = torch.cat([lab[0] for lab in labels]).to(adapter.device)  # (sum N,)
             evidence = torch.cat([lab[1] for lab in labels]).to(adapter.device)  # (sum N,)
             centres = torch.cat([cell_centres(e.grid_hw) for e in encoded]).to(adapter.device)  # (sum N, 2)
-            logits = head(feats.float())  # (sum N, 6)
+            logits = head(feats.float())  # (sum N, 10) or (sum N, 6)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 3], evidence)
             loss = loss + cfg.position_weight * torch.nn.functional.mse_loss(logits[:, 4:6], centres)
+            if cfg.box_weight > 0:  # evidence tokens regress their own box (FCOS-style dense grounding)
+                boxes = torch.cat([token_boxes(s, e.grid_hw) for s, e in zip(batch, encoded)]).to(adapter.device)  # (sum N, 4)
+                inside = ~boxes[:, 0].isnan()  # (sum N,)
+                if inside.any():
+                    loss = loss + cfg.box_weight * torch.nn.functional.mse_loss(logits[inside, 6:10], boxes[inside])
             if (spot >= 0).any():
                 loss = loss + torch.nn.functional.cross_entropy(logits[:, :3], spot, weight=weight, ignore_index=-1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vision, 1.0)
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            if on_step:
-                on_step(step, losses[-1])
-    finally:
-        model.eval()
-    return losses
-
-
-# --------------------------------------------------------------------------------------------------
-# Stage 1: short-prompt captions (LLaVA-style alignment)
-# --------------------------------------------------------------------------------------------------
-
-ALIGN_PROMPTS = {"region": "Describe the region.", "where": "Where is the evidence?"}
-"""Short user texts of the two alignment captions (no instructions: the visual tokens are not diluted)."""
-
-
-@dataclass
-class AlignConfig:
-    """Short-prompt caption training that teaches a random LM to read visual tokens."""
-
-    steps: int = 200
-    """Optimizer steps (0 = skip the stage)."""
-    batch_size: int = 16
-    """Samples per step (each gives a region caption and a where caption)."""
-    lr: float = 2e-3
-    """AdamW learning rate (10-step warm-up, then constant)."""
-    fusion: str = "none"
-    """Fusion of the region caption's pruned tokens (vitos.pruning.fusion)."""
-    seed: int = 0
-    """Seeds the sample order."""
-
-
-def caption_targets(sample: Sample, decimals: int = 2) -> tuple[str, str]:
-    """(region caption of the GT-box tokens, where caption of the full image) for one sample.
-
-    Region: what the evidence shows ("one dark lesion.", from MedPhantom meta; else the sparse think).
-    Where: the evidence boxes in the grounding format ("<box>[[x1,y1,x2,y2]]</box>").
-    """
-    _, s_think = think_texts(sample, "compact")
-    organ = sample.meta.get("organ")
-    prefix = f"The {organ} shows "
-    region = s_think[len(prefix):] if organ and s_think.startswith(prefix) else s_think
-    box_text = format_grounding_target("x", sample.boxes, "x", decimals=decimals)
-    where = box_text[box_text.index("<box>") : box_text.index("</box>") + len("</box>")]
-    return region, where
-
-
-def align(
-    adapter: ModelAdapter,
-    samples: list[Sample],
-    cfg: AlignConfig | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-    freeze_vision: bool = True,
-) -> list[float]:
-    """Train the LM (and, unless frozen, the tower) on short-prompt captions; returns the loss per step.
-
-    Why: in the ViToS prompts ~60 visual tokens sit among ~200-300 instruction tokens, and a random LM's
-    attention, uniform at first, finds the few evidence tokens only slowly (we measured no generalisation
-    after 1,600 sparse targets). With a 5-word prompt the same targets are learned several times faster,
-    and the attention that reads visual tokens carries over to the long prompts of `warm_start`. Real
-    VLMs go through the same alignment stage (LLaVA's caption pre-training) before instruction tuning.
-    """
-    cfg = cfg or AlignConfig()
-    usable = [s for s in samples if s.boxes]
-    if cfg.steps <= 0 or not usable:
-        return []
-    rng = random.Random(cfg.seed)
-    images = {s.id: [load_image(im) for im in s.images] for s in usable}
-    model = adapter.model
-    frozen = {id(p) for p in _vision_parameters(model)} if freeze_vision else set()
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 10))
-    model.train()
-    order: list[Sample] = []
-    losses = []
-    try:
-        for step in range(cfg.steps):
-            if len(order) < cfg.batch_size:
-                order += rng.sample(usable, len(usable))
-            batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
-            encoded = adapter.encode_images([images[s.id][0] for s in batch])  # first image only
-            seqs, comps = [], []
-            for s, enc in zip(batch, encoded):
-                region, where = caption_targets(s)
-                keep = boxes_to_keep_mask(s.boxes, enc.grid_hw, min_keep=1)
-                seqs.append(assemble(adapter, adapter.build_prompt(ALIGN_PROMPTS["region"], [enc]), [enc], [keep],
-                                     fusion=cfg.fusion))
-                comps.append(_tokens(adapter, region))
-                seqs.append(assemble(adapter, adapter.build_prompt(ALIGN_PROMPTS["where"], [enc]), [enc]))
-                comps.append(_tokens(adapter, where))
-            logp, mask = completion_logprobs(adapter, seqs, comps)  # (2B, T)
-            loss = -(logp * mask).sum() / mask.sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
@@ -425,8 +362,6 @@ def sft_loss(
         n = len(enc)
         g_text = grounding_prompt(s.question, s.options, s.kind, n)
         s_text = sparse_prompt(s.question, s.options, s.kind, n)
-        if cfg.short_prompt_frac > 0 and rng.random() < cfg.short_prompt_frac:
-            g_text, s_text = short_prompt(g_text), short_prompt(s_text)
         g_prompt = adapter.build_prompt(g_text, enc)
         s_prompt = adapter.build_prompt(s_text, enc)
         if "grounding" in cfg.sequences:
@@ -442,6 +377,9 @@ def sft_loss(
         if "full" in cfg.sequences:
             seqs.append(assemble(adapter, s_prompt, enc))
             comps.append(_tokens(adapter, s_target))
+        if "where" in cfg.sequences:
+            seqs.append(assemble(adapter, adapter.build_prompt(WHERE_PROMPT, enc), enc))
+            comps.append(_tokens(adapter, where_target(s, cfg.box_decimals)))
     logp, mask = completion_logprobs(adapter, seqs, comps)  # (S, T) each
     return -(logp * mask).sum() / mask.sum()
 
