@@ -85,6 +85,16 @@ def test_quick_flag_applies_the_preset_but_explicit_overrides_win(tmp_path):
     assert (mixed.seed, mixed.out_dir) == (3, str(tmp_path))
 
 
+def test_yaml_values_sit_between_the_preset_and_the_command_line(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text("rl_steps: 9\nn_test: 12\n")
+    cfg = build_config(quick=True, config_path=str(path), overrides=["n_test=7"])
+    assert (cfg.rl_steps, cfg.n_test, cfg.reuse_warm_start) == (9, 7, "builtin")
+    path.write_text("rl_stepz: 9\n")
+    with pytest.raises(Exception, match="rl_stepz"):  # a typo is named, not ignored
+        build_config(config_path=str(path))
+
+
 def test_baseline_masks_keep_exactly_the_budget_per_image():
     enc = [[EncodedImage(torch.randn(64, 8), (8, 8), (224, 224))], [EncodedImage(torch.randn(16, 8), (4, 4), (112, 112))]]
     for name in ("center", "random", "visionzip"):

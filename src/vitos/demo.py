@@ -2,7 +2,7 @@
 
     vitos demo                          # defaults: <= 15 min on 2 CPU cores, every stage
     vitos demo --quick                  # <= 3 min (CI): RL from the shipped warm start, then evaluation
-    vitos demo --json demo.json --out runs/demo --seed 0 [--config configs/demo.yaml] [key=value ...]
+    vitos demo --json demo.json --out runs/demo --seed 0 [--config my_demo.yaml] [key=value ...]
 
 Stages (each printed as it runs; everything lands in --out):
 
@@ -760,7 +760,7 @@ def main_demo(argv: list[str] | None = None) -> int:
     p.add_argument("--json", dest="json_out", default=None, help="also write the summary JSON here")
     p.add_argument("--out", default=None, help="output folder (default runs/demo, or runs/demo-quick with --quick)")
     p.add_argument("--seed", type=int, default=None, help="seed of data, model, warm start and RL (default 0)")
-    p.add_argument("--config", default=None, help="YAML file of DemoConfig values (e.g. configs/demo.yaml)")
+    p.add_argument("--config", default=None, help="YAML file of DemoConfig values (e.g. my_demo.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of DemoConfig fields, e.g. rl_steps=60")
     args = p.parse_args(argv)
     from vitos.config import ConfigError
