@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -212,6 +213,17 @@ class VisionPretrainConfig:
     """Seeds the sample order."""
 
 
+def _batches(samples: list[Sample], size: int, rng: random.Random) -> Iterator[list[Sample]]:
+    """Endless batches of `size`: each pass over `samples` is a fresh shuffle, drawn only when needed
+    (so other draws from `rng` between batches, e.g. box jitter, keep their place)."""
+    order: list[Sample] = []
+    while True:
+        if len(order) < size:
+            order += rng.sample(samples, len(samples))
+        batch, order = order[:size], order[size:]
+        yield batch
+
+
 def _vision_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Parameters of the vision tower and merger (Qwen2.5-VL: `model.visual.*`)."""
     return [p for n, p in model.named_parameters() if ".visual." in f".{n}"]
@@ -300,13 +312,11 @@ def pretrain_vision(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 10))
     weight = torch.tensor([1.0, cfg.spot_weight, cfg.spot_weight], device=adapter.device)
     model.train()
-    order: list[Sample] = []
+    batches = _batches(usable, cfg.batch_size, rng)
     losses = []
     try:
         for step in range(cfg.steps):
-            if len(order) < cfg.batch_size:
-                order += rng.sample(usable, len(usable))
-            batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            batch = next(batches)
             encoded = adapter.encode_images([images[s.id] for s in batch])
             feats = torch.cat([e.features for e in encoded])  # (sum N, D)
             labels = [token_labels(s, e.grid_hw, e.image_size) for s, e in zip(batch, encoded)]
@@ -419,13 +429,11 @@ def warm_start(
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in frozen]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step))
-    order: list[Sample] = []
+    batches = _batches(usable, cfg.batch_size, rng)
     losses = []
     try:
         for step in range(cfg.steps):
-            if len(order) < cfg.batch_size:
-                order += rng.sample(usable, len(usable))
-            batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+            batch = next(batches)
             loss = sft_loss(adapter, batch, [images[s.id] for s in batch], cfg, prune, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()
