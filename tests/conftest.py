@@ -28,6 +28,18 @@ def tiny_adapter(tiny_model_dir):
     return load_model(tiny_model_dir, dtype="float32", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a whole test module (use: pytestmark = pytest.mark.usefixtures(...)).
+    Other jobs share these 2 cores; torch's 2-thread kernels then spin and run ~50x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def random_image(w: int, h: int, seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))

@@ -17,13 +17,7 @@ from vitos.rl.grpo import group_advantages, policy_loss
 from vitos.rl.trainer import batch_indices
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Other jobs share these 2 cores; torch's 2-thread kernels then spin and run ~50x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _row(branch, q, i, j, text):
