@@ -51,7 +51,8 @@ def digit_fraction(text, sample, branch):
 def _cfg(out, model_dir, data, *overrides):
     base = [f"model.name_or_path={model_dir}", f"data.train_path={data}", f"checkpoint.out_dir={out}",
             "rollout.group_size=2", "rollout.max_new_tokens=8", "data.batch_size=1", "schedule.total_steps=2",
-            "schedule.stage1_steps=1", "logging.progress=false", "checkpoint.every=0", "optim.lr=0.001"]
+            "schedule.stage1_steps=1", "logging.progress=false", "checkpoint.every=0", "optim.lr=0.001",
+            "logging.grad_cosine_every=1"]
     return load_config(TrainConfig, CONFIGS / "tiny_cpu.yaml", base + list(overrides))
 
 

@@ -10,6 +10,14 @@ next forward). `completion_logprobs` re-scores completions with gradients for GR
 (prompt left-padded, completion appended, right-padded), so the rollout and the update see identical
 positions.
 
+The distribution a rollout is drawn from is softmax(logits / T) over the non-suppressed vocabulary
+(then top-k / top-p truncated). `generate` records, per sampled token, its log-prob under the tempered,
+suppressed, UNtruncated distribution; `completion_logprobs(..., temperature=T, suppress=True)` computes
+exactly that quantity, so the two agree to float rounding (the trainer logs their difference). Top-k /
+top-p truncation is not in either number, as in TRL and verl: with top_p < 1 the importance ratio is
+taken against the untruncated tempered policy (the truncated one is that policy renormalised over the
+nucleus; the difference is the log of the nucleus mass, the same for every ratio at one token).
+
 We use our own loop instead of `model.generate` because `generate` cannot take a pruned, non-rectangular
 image grid (its M-RoPE comes from `image_grid_thw`) and because a 40-line loop can be stepped through
 with `breakpoint()`.
@@ -17,6 +25,7 @@ with `breakpoint()`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +58,15 @@ class Generation:
     """Per row: decoded text, special tokens removed."""
     stopped: list[bool]
     """Per row: True when EOS was produced before max_new_tokens."""
+    logprobs: list[torch.Tensor] | None = None
+    """Per row: (T_i,) fp32 log-prob of each generated token under softmax(logits / T) over the
+    non-suppressed vocabulary (T = 1 when greedy), before top-k / top-p truncation."""
+
+
+def token_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(..., V) logits -> (..., V) fp32 log-probs of the tempered distribution (T <= 0 is read as 1, greedy)."""
+    t = temperature if temperature > 0 else 1.0
+    return torch.log_softmax(logits.float() / t, dim=-1)
 
 
 def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -75,8 +93,14 @@ def generate(
     seqs: list[SequenceInputs],
     sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
+    sync: Callable[[bool], bool] | None = None,
 ) -> Generation:
-    """Decode a batch of assembled sequences with a KV cache."""
+    """Decode a batch of assembled sequences with a KV cache.
+
+    sync: for sharded weights (FSDP, ZeRO-3) every rank must make the same number of forward calls;
+    `sync(local_done) -> all_done` is called once per token and the loop runs until every rank is done
+    (finished rows keep feeding pad tokens, as transformers' `synced_gpus`). None: stop when local rows are.
+    """
     from transformers import DynamicCache
 
     cfg = sampling or SamplingConfig()
@@ -92,6 +116,7 @@ def generate(
     logits, cache = adapter.lm_forward(embeds, positions, mask, cache, logits_to_keep=1)  # (B, 1, V)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     out = torch.full((b, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    out_lp = torch.zeros(b, cfg.max_new_tokens, dtype=torch.float32, device=device)
     lengths = torch.full((b,), cfg.max_new_tokens, dtype=torch.long, device=device)
     for t in range(cfg.max_new_tokens):
         step_logits = logits[:, -1].float()  # (B, V)
@@ -100,25 +125,34 @@ def generate(
         tok = _pick(step_logits, cfg, generator)  # (B,)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         out[:, t] = tok
+        out_lp[:, t] = token_logprobs(step_logits, cfg.temperature).gather(-1, tok[:, None]).squeeze(-1)  # (B,)
         hit_eos = torch.isin(tok, eos) & ~done
         lengths = torch.where(hit_eos, torch.full_like(lengths, t + 1), lengths)
         done |= hit_eos
-        if bool(done.all()) or t == cfg.max_new_tokens - 1:
+        local_done = bool(done.all())
+        if (sync(local_done) if sync is not None else local_done) or t == cfg.max_new_tokens - 1:
             break
         step_pos = (nxt + t).view(1, b, 1).expand(positions.shape[0], b, 1)  # (P, B, 1)
         mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], dim=1)  # (B, L + t + 1)
         logits, cache = adapter.lm_forward(adapter.embed_tokens(tok[:, None]), step_pos, mask, cache)
     token_ids = [out[i, : int(lengths[i])].cpu() for i in range(b)]
+    logprobs = [out_lp[i, : int(lengths[i])].cpu() for i in range(b)]
     texts = adapter.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
-    return Generation(token_ids, texts, done.cpu().tolist())
+    return Generation(token_ids, texts, done.cpu().tolist(), logprobs)
 
 
 def completion_logprobs(
     adapter: ModelAdapter,
     seqs: list[SequenceInputs],
     completions: list[torch.Tensor],
+    temperature: float = 1.0,
+    suppress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of `completions[i]` given `seqs[i]` (with gradients when enabled).
+
+    temperature: score softmax(logits / T), the distribution `generate` sampled at T (<= 0 reads as 1).
+    suppress: renormalise over the vocabulary `generate` may sample (vision special tokens excluded).
+    Both are what the RL policy is; the SFT loss uses the defaults (plain next-token log-probs).
 
     Layout: [left pad | prompt | completion | right pad]; completion token k of row b sits at column
     Lp + k with position next_positions[b] + k, and is predicted by the logits at column Lp + k - 1.
@@ -143,5 +177,7 @@ def completion_logprobs(
     # visual tokens) is never materialised.
     logits, _ = adapter.lm_forward(full_embeds, full_pos, full_mask, logits_to_keep=t_max + 1)  # (B, T + 1, V)
     logits = logits[:, :-1].float()  # (B, T, V): column Lp - 1 + k predicts completion token k
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, comp[..., None]).squeeze(-1)  # (B, T)
+    if suppress and adapter.suppressed_token_ids:
+        logits = logits.index_fill(-1, torch.tensor(adapter.suppressed_token_ids, device=device), float("-inf"))
+    logp = token_logprobs(logits, temperature).gather(-1, comp[..., None]).squeeze(-1)  # (B, T)
     return logp * comp_mask, comp_mask

@@ -155,7 +155,7 @@ def load_checkpoint(accelerator: Any, model: torch.nn.Module, path: str | Path, 
             f"{p} was written by {state.get('num_processes')} processes, this run has {accelerator.num_processes}; "
             "exact resume needs the same number (each process restores its own RNG and data shard)"
         )
-    _check_trainable_file(model, p)
+    _check_trainable_file(accelerator.unwrap_model(model), p)  # saved names are the unwrapped module's
     accelerator.load_state(str(p), strict=False)
     generator.set_state(torch.load(p / f"sampler_rng_{accelerator.process_index}.pt", weights_only=True))
     return state

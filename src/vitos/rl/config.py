@@ -105,6 +105,10 @@ class GRPOSection:
     """How per-token losses are reduced (see vitos.rl.grpo.aggregate)."""
     scale_advantages: bool = True
     """Divide advantages by the group std (GRPO); False = Dr.GRPO's mean-centred rewards."""
+    epochs: int = 1
+    """mu: optimiser passes over one batch of rollouts (EasyR1 `ppo_epochs`, TRL `num_iterations`). With 1
+    the importance ratio is 1 at the update (old log-probs = the update-time ones, detached); with >= 2 the
+    old log-probs are computed once, before the first pass, without gradients, so clipping can act."""
     sparse_grouping: Literal["question", "parent"] = "question"
     """(ours) Sparse advantages are normalised over all G x G' rollouts of a question ('question', so the
     cross-feedback acc(O_i) separates rollouts launched from different O_i) or over the G' children of
@@ -128,6 +132,11 @@ class OptimSection:
     micro_batches: int = 1
     """Split each branch update into this many forward/backward passes (gradient accumulation; the loss
     is weighted so the result equals one pass over all rows)."""
+    fp32_master_weights: bool = True
+    """With model.dtype bfloat16/float16 and full fine-tuning: keep the weights in float32 and run the
+    forward under autocast in model.dtype (accelerate mixed precision), so that small updates (lr 1e-6)
+    are not rounded away (bf16 keeps 8 mantissa bits: w + 1e-6 * w == w). LoRA adapters are float32
+    anyway (peft). False = train the bf16 weights in place (not recommended; documented for comparison)."""
     fresh_optimizer_at_stage2: bool = True
     """Stagewise: clear AdamW moments when stage 2 starts, as the authors' separate stage-2 run does."""
 
@@ -171,10 +180,13 @@ class LoggingSection:
     wandb_project: str = "vitos"
     """W&B project name."""
     log_grad_cosine: bool = True
-    """Measure cos(grad L_grounding, grad L_sparse) on the trainable parameters every logged step: a
-    measured answer to "do the branches conflict?". Costs one extra forward + backward over each branch's
-    rows. Uses each process's local gradients (logged: the mean over processes); null under FSDP and
-    DeepSpeed ZeRO-3, and when a branch's gradient is zero (all advantages 0)."""
+    """Measure cos(grad L_grounding, grad L_sparse) on the trainable parameters every `grad_cosine_every`
+    steps: a measured answer to "do the branches conflict?". Costs one extra forward + backward over each
+    branch's rows and two fp32 gradient copies of the trainable parameters. Uses each process's local
+    gradients (logged: the mean over processes); null under FSDP and DeepSpeed ZeRO-3, and when a branch's
+    gradient is zero (all advantages 0)."""
+    grad_cosine_every: int = 10
+    """Measure the gradient cosine on steps divisible by this (0 = never); null on the other steps."""
     progress: bool = True
     """Show a tqdm progress bar (steps/s, ETA, mean rewards)."""
 
@@ -221,7 +233,11 @@ def validate(cfg: TrainConfig) -> None:
         errors.append("rollout.group_size must be >= 2: GRPO compares rollouts of one question")
     if not 0 <= cfg.rollout.sparse_group_size <= cfg.rollout.group_size:
         errors.append("rollout.sparse_group_size must be in 0..rollout.group_size (0 = group_size)")
-    if cfg.rollout.temperature <= 0:
+    if cfg.grpo.epochs < 1:
+        errors.append("grpo.epochs must be >= 1 (optimiser passes over one batch of rollouts)")
+    if cfg.logging.grad_cosine_every < 0:
+        errors.append("logging.grad_cosine_every must be >= 0 (0 = never)")
+    if not math.isfinite(cfg.rollout.temperature) or cfg.rollout.temperature <= 0:
         errors.append("rollout.temperature must be > 0: greedy rollouts are identical and give zero advantage")
     if cfg.model.lora and not cfg.model.freeze_vision:
         errors.append("model.lora=true adapts the language model only; set model.freeze_vision=true or model.lora=false")
@@ -276,3 +292,23 @@ def lr_factor(cfg: TrainConfig, steps_done: int) -> float:
     if o.scheduler == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def precision_plan(cfg: TrainConfig) -> tuple[str, str | None]:
+    """(dtype to load the weights in, accelerate `mixed_precision` or None = as launched).
+
+    Full fine-tuning in bfloat16/float16 with `optim.fp32_master_weights` loads float32 weights and
+    computes under autocast in the requested dtype: the optimiser then updates float32 weights, so an
+    update of 1e-6 * w survives (in bf16 it rounds back to w). LoRA keeps the frozen base in model.dtype;
+    peft keeps its adapters in float32 already.
+    """
+    from vitos.models import resolve_dtype
+
+    import torch
+
+    dtype = torch.float32 if cfg.model.dtype == "auto" and cfg.device == "cpu" else resolve_dtype(cfg.model.dtype)
+
+    if not cfg.model.lora and cfg.optim.fp32_master_weights and dtype in (torch.bfloat16, torch.float16):
+        return "float32", "bf16" if dtype == torch.bfloat16 else "fp16"
+    return cfg.model.dtype, None
+

@@ -129,7 +129,8 @@ def policy_loss(
     Returns:
         loss: () scalar aggregated with ``agg``.
         stats: ``clip_frac`` (masked tokens where the clipped branch was the max), ``dual_clip_frac``
-        (masked tokens where the dual clip bound), ``ratio_mean``, ``approx_kl`` (mean of old_logp - logp).
+        (masked tokens where the dual clip bound), ``ratio_mean``, ``ratio_max``, ``ratio_min`` (over masked
+        tokens; 1.0 when none), ``approx_kl`` (mean of old_logp - logp).
     """
     if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
         raise ValueError(
@@ -161,6 +162,8 @@ def policy_loss(
             "clip_frac": ((loss_clipped > loss_unclipped) & m).sum().div(n).item(),
             "dual_clip_frac": (dual_taken & m).sum().div(n).item(),
             "ratio_mean": torch.where(m, ratio, 0.0).sum().div(n).item(),
+            "ratio_max": torch.where(m, ratio, -torch.inf).max().item() if m.any() else 1.0,
+            "ratio_min": torch.where(m, ratio, torch.inf).min().item() if m.any() else 1.0,
             "approx_kl": torch.where(m, old_logp - logp, 0.0).sum().div(n).item(),
         }
     return loss, stats

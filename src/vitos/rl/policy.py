@@ -87,9 +87,10 @@ class Policy(nn.Module):
         raise ValueError(f"unknown Policy op {op!r}; use logprobs, ref_logprobs, lm, embed or encode")
 
     def _logprobs(self, adapter: ModelAdapter, requests: list[ScoreRequest], features: list[EncodedImage] | None = None,
-                  images: list[Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) log-probs and mask. `images` (PIL) re-encodes with grad (trainable vision tower), once per
-        image for this forward; otherwise the rollout's `features` are used as constants."""
+                  images: list[Any] | None = None, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) log-probs and mask under the sampling policy: softmax(logits / temperature) over the
+        vocabulary the decoder may sample. `images` (PIL) re-encodes with grad (trainable vision tower), once
+        per image for this forward; otherwise the rollout's `features` are used as constants."""
         if images is not None:
             features = adapter.encode_images(images)
         assert features is not None, "pass the rollout features, or the images to re-encode them"
@@ -98,24 +99,29 @@ class Policy(nn.Module):
                      fusion=self.prune.fusion, num_contextual=self.prune.num_contextual)
             for r in requests
         ]
-        return completion_logprobs(adapter, seqs, [r.completion for r in requests])  # (B, T), (B, T)
+        comps = [r.completion for r in requests]
+        return completion_logprobs(adapter, seqs, comps, temperature=temperature, suppress=True)  # (B, T), (B, T)
 
     @torch.no_grad()
-    def _ref_logprobs(self, requests: list[ScoreRequest], features: list[EncodedImage]) -> torch.Tensor:
+    def _ref_logprobs(self, requests: list[ScoreRequest], features: list[EncodedImage], temperature: float = 1.0) -> torch.Tensor:
+        """The reference policy at the same temperature (TRL's convention for the KL term)."""
         if self.reference_adapter is not None:
-            return self._logprobs(self.reference_adapter, requests, features)[0]
+            return self._logprobs(self.reference_adapter, requests, features, temperature=temperature)[0]
         if not hasattr(self.model, "disable_adapter"):
             raise RuntimeError("beta > 0 needs a reference: build the policy with reference=... or use LoRA")
         with self.model.disable_adapter():  # LoRA: the base model is the reference, no second copy
-            return self._logprobs(self.adapter, requests, features)[0]
+            return self._logprobs(self.adapter, requests, features, temperature=temperature)[0]
 
 
 class PolicyView:
     """A `ModelAdapter` that routes embed/lm/encode through the (possibly wrapped) policy's forward."""
 
-    def __init__(self, wrapped: nn.Module, adapter: ModelAdapter):
+    def __init__(self, wrapped: nn.Module, adapter: ModelAdapter, generation_sync: Any = None):
         self._wrapped = wrapped
         self._adapter = adapter
+        self.generation_sync = generation_sync
+        """`fn(local_done) -> all_done` when weights are sharded (FSDP / ZeRO-3): `vitos.engine.generate`
+        then keeps every rank stepping until all are done; None otherwise."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._adapter, name)

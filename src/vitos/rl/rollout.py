@@ -38,7 +38,7 @@ from vitos.pipeline import PruneConfig, encode, keep_masks, load_sample_images
 from vitos.prompts import grounding_prompt, parse_output, sparse_prompt
 from vitos.pruning.sparse import SequenceInputs, assemble
 from vitos.rl.config import RolloutSection
-from vitos.rl.rewards import RewardWeights, accuracy_reward, grounding_rewards, sparse_rewards
+from vitos.rl.rewards import RewardWeights, accuracy_reward, grounding_rewards, kept_ratio, sparse_rewards
 
 RewardOverride = Callable[[str, Sample, str], float]
 """Diagnostic hook `fn(text, sample, branch) -> reward` that replaces every rollout's total reward
@@ -62,7 +62,9 @@ class Rollout:
     token_ids: torch.Tensor
     """(T,) sampled ids, ending with EOS when the policy stopped by itself."""
     keeps: list[torch.Tensor | None]
-    """Per image of the question: (H, W) keep mask the prompt used, None = all tokens."""
+    """Per image of the question: (H, W) keep mask of the SPARSE view this row belongs to, None = all
+    tokens. Grounding: the masks its own boxes imply for its children (it was sampled on all tokens, see
+    `input_keeps`); sparse: its parent's masks, the view it was sampled on."""
     n_visual_total: int
     """Visual tokens of the unpruned prompt."""
     n_visual_kept: int
@@ -71,6 +73,14 @@ class Rollout:
     """EOS before max_new_tokens."""
     fallback: str | None = None
     """Grounding only: why its sparse children saw all tokens of some image (no usable box), else None."""
+    sample_logprobs: torch.Tensor | None = None
+    """(T,) fp32 log-prob of each sampled token under the sampling distribution, recorded by the decoder;
+    the trainer compares it with the update-time log-probs (`*/logprob_diff_*`)."""
+
+    def input_keeps(self) -> list[torch.Tensor | None]:
+        """Keep masks of the input this rollout was SAMPLED on, i.e. the view it must be scored on:
+        all tokens for a grounding rollout, the parent's kept + fused tokens for a sparse one."""
+        return [None] * len(self.keeps) if self.branch == "grounding" else self.keeps
 
 
 @dataclass
@@ -126,16 +136,19 @@ def build_prompts(adapter: ModelAdapter, samples: list[Sample], encoded: list[li
 
 
 def _sample(adapter: ModelAdapter, seqs: list[SequenceInputs], cfg: RolloutSection, generator: torch.Generator | None):
-    """Generate completions for `seqs`, in chunks of cfg.generation_batch_size rows (0 = one call)."""
+    """Generate completions for `seqs`, in chunks of cfg.generation_batch_size rows (0 = one call).
+    Returns per row: token ids (T,), text, stopped, sampling-time log-probs (T,)."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     size = cfg.generation_batch_size or len(seqs)
-    ids, texts, stopped = [], [], []
+    sync = getattr(adapter, "generation_sync", None)  # PolicyView under sharded weights: ranks step together
+    ids, texts, stopped, logprobs = [], [], [], []
     for k in range(0, len(seqs), size):
-        gen = generate(adapter, seqs[k : k + size], sampling, generator)
+        gen = generate(adapter, seqs[k : k + size], sampling, generator, sync=sync)
         ids += gen.token_ids
         texts += gen.texts
         stopped += gen.stopped
-    return ids, texts, stopped
+        logprobs += gen.logprobs if gen.logprobs is not None else [torch.full((len(t),), float("nan")) for t in gen.token_ids]
+    return ids, texts, stopped, logprobs
 
 
 @torch.no_grad()
@@ -148,12 +161,13 @@ def sample_grounding(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSect
         seq = assemble(adapter, prompts["grounding"], enc, None, fusion=prune.fusion, num_contextual=prune.num_contextual)
         seqs += [seq] * g
         owners += [(q, i) for i in range(g)]
-    ids, texts, stopped = _sample(adapter, seqs, cfg, generator)
+    ids, texts, stopped, logprobs = _sample(adapter, seqs, cfg, generator)
     rows = []
-    for (q, i), seq, tok, text, stop in zip(owners, seqs, ids, texts, stopped):
+    for (q, i), seq, tok, text, stop, lp in zip(owners, seqs, ids, texts, stopped, logprobs):
         enc = step.encoded[q]
         keeps, fallback = keep_masks(parse_output(text, "grounding", n_images=len(enc)), enc, prune)
-        rows.append(Rollout("grounding", q, i, -1, text, tok, keeps, seq.n_visual_total, seq.n_visual_kept, stop, fallback))
+        rows.append(Rollout("grounding", q, i, -1, text, tok, keeps, seq.n_visual_total, seq.n_visual_kept, stop,
+                            fallback, lp))
     return rows
 
 
@@ -168,10 +182,11 @@ def sample_sparse(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection
                        fusion=prune.fusion, num_contextual=prune.num_contextual)
         seqs += [seq] * g2
         parents += [parent] * g2
-    ids, texts, stopped = _sample(adapter, seqs, cfg, generator)
+    ids, texts, stopped, logprobs = _sample(adapter, seqs, cfg, generator)
     return [
-        Rollout("sparse", p.question, p.parent, k % g2, text, tok, p.keeps, seq.n_visual_total, seq.n_visual_kept, stop)
-        for k, (p, seq, tok, text, stop) in enumerate(zip(parents, seqs, ids, texts, stopped))
+        Rollout("sparse", p.question, p.parent, k % g2, text, tok, p.keeps, seq.n_visual_total, seq.n_visual_kept, stop,
+                sample_logprobs=lp)
+        for k, (p, seq, tok, text, stop, lp) in enumerate(zip(parents, seqs, ids, texts, stopped, logprobs))
     ]
 
 
@@ -205,7 +220,7 @@ class StepRewards:
     sparse_groups: torch.Tensor
     """(B*G*G',) long: the question index ('question') or q*G + i ('parent')."""
     grounding_parts: list[dict[str, float | None]]
-    """(B*G) per-rollout components {format, iou, accuracy, cross, total}; cross and total averaged over j."""
+    """(B*G) per-rollout components {format, iou, accuracy, budget, cross, total}; cross and total averaged over j."""
     sparse_parts: list[dict[str, float | None]]
     """(B*G*G') per-rollout components {format, accuracy, cross, total}."""
 
@@ -225,7 +240,9 @@ def score(step: StepRollouts, weights: RewardWeights | None = None, sparse_group
     """Rewards of every rollout of the step, with cross-feedback between the two branches.
 
     acc(O'_ij) enters r_ij and acc(O_i) enters r'_ij; both come from the real judge even when `override`
-    replaces the totals (so the logged components stay meaningful).
+    replaces the totals (so the logged components stay meaningful). With a nonzero `weights.budget` the grounding
+    rollout O_i also earns budget = 1 - kept_ratio of its keep masks `O_i.keeps` over the question's images
+    (`vitos.rl.rewards.kept_ratio`); otherwise its `budget` part is None.
     """
     g, g2 = step.group_size, step.sparse_group_size
     if len(step.grounding) != len(step.samples) * g or len(step.sparse) != len(step.grounding) * g2:
@@ -239,7 +256,11 @@ def score(step: StepRollouts, weights: RewardWeights | None = None, sparse_group
         ground = step.grounding[q * g : (q + 1) * g]
         children = [step.sparse[(q * g + i) * g2 : (q * g + i + 1) * g2] for i in range(g)]
         sparse_acc = [[accuracy_reward(c.text, sample, "sparse") for c in row] for row in children]  # (G, G')
-        g_rows = grounding_rewards([o.text for o in ground], sparse_acc, sample, weights)
+        ratios = None  # (G,) kept-token ratio of each O_i's keep masks, for the budget term (when it is on)
+        if weights is not None and weights.budget != 0:
+            n_tokens = [e.num_tokens for e in step.encoded[q]]
+            ratios = [kept_ratio([None if m is None else int(m.sum()) for m in o.keeps], n_tokens) for o in ground]
+        g_rows = grounding_rewards([o.text for o in ground], sparse_acc, sample, weights, ratios)
         ground_acc = [row[0]["accuracy"] for row in g_rows]  # (G,)
         s_rows = sparse_rewards([[c.text for c in row] for row in children], ground_acc, sample, weights)
         for i, row in enumerate(g_rows):
@@ -284,17 +305,34 @@ def split_rows(n_rows: int, n_chunks: int) -> list[range]:
     return out
 
 
+def agg_denominator(lengths: list[int], agg: str) -> int:
+    """What the GRPO aggregation `agg` divides by, counted over rows with these completion lengths:
+    token-mean: tokens; seq-mean: rows with tokens; dr-grpo: rows (times max_len, fixed separately)."""
+    if agg == "token-mean":
+        return sum(lengths)
+    if agg == "seq-mean":
+        return sum(n > 0 for n in lengths)
+    if agg == "dr-grpo":
+        return len(lengths)
+    raise ValueError(f"unknown aggregation {agg!r}")
+
+
+def loss_weight(chunk_lengths: list[int], denominator: int, agg: str, world_size: int = 1) -> float:
+    """Weight w of one micro-batch's (chunk-normalised) loss so that the sum over chunks, averaged over
+    `world_size` data-parallel ranks (DDP/FSDP average gradients), equals the loss over ALL rows of all ranks:
+
+        w = agg_denominator(chunk) / denominator * world_size,   denominator = sum over ranks of theirs
+
+    (dr-grpo also needs max_len = the longest completion over all ranks).
+    """
+    return agg_denominator(chunk_lengths, agg) / max(1, denominator) * world_size
+
+
 def chunk_weight(chunk_lengths: list[int], all_lengths: list[int], agg: str) -> float:
-    """Weight w of a micro-batch loss so that sum over chunks of w * loss(chunk) == loss(all rows).
+    """Weight w of a micro-batch loss so that sum over chunks of w * loss(chunk) == loss(all rows), one process.
 
     `*_lengths` are completion lengths (tokens) of the chunk's rows and of all rows of the update.
     token-mean: w = tokens(chunk) / tokens(all); seq-mean: rows with tokens, same ratio; dr-grpo:
     rows(chunk) / rows(all) (with max_len fixed to the longest completion of the whole update).
     """
-    if agg == "token-mean":
-        return sum(chunk_lengths) / max(1, sum(all_lengths))
-    if agg == "seq-mean":
-        return sum(n > 0 for n in chunk_lengths) / max(1, sum(n > 0 for n in all_lengths))
-    if agg == "dr-grpo":
-        return len(chunk_lengths) / max(1, len(all_lengths))
-    raise ValueError(f"unknown aggregation {agg!r}")
+    return loss_weight(chunk_lengths, agg_denominator(all_lengths, agg), agg)

@@ -42,14 +42,18 @@ from vitos.rl.checkpoint import (
     CheckpointError, MetricsWriter, find_checkpoint, load_checkpoint, read_metrics, register_trainable_only_hooks,
     rewind_metrics, save_checkpoint,
 )
-from vitos.rl.config import TrainConfig, branches_for_step, lr_factor, stage_of, validate
-from vitos.rl.grpo import group_advantages, grpo_loss
-from vitos.rl.policy import PolicyView, ScoreRequest, build_policy, export_model, pack
-from vitos.rl.rollout import RewardOverride, StepRewards, StepRollouts, chunk_weight, collect, sample_sparse, score, split_rows
+from vitos.rl.config import TrainConfig, branches_for_step, lr_factor, precision_plan, stage_of, validate
+from vitos.rl.policy import PolicyView, build_policy, export_model
+from vitos.rl.rollout import RewardOverride, StepRewards, StepRollouts, collect, sample_sparse, score
+from vitos.rl.update import Updater
 
 StepCallback = Callable[[int, dict[str, Any]], None]
-UPDATE_KEYS = [f"{b}/{k}" for b in ("grounding", "sparse") for k in ("loss", "kl", "approx_kl", "clip_frac", "grad_norm")]
-"""Per-branch update statistics; `kl` is the k3 KL to the reference (null when grpo.beta = 0)."""
+UPDATE_KEYS = [f"{b}/{k}" for b in ("grounding", "sparse") for k in (
+    "loss", "kl", "approx_kl", "clip_frac", "clip_frac_last_epoch", "dual_clip_frac", "ratio_mean", "ratio_max",
+    "ratio_min", "grad_norm", "logprob_diff_max", "logprob_diff_mean")]
+"""Per-branch update statistics (null when the branch is not updated that step); `kl` is the k3 KL to the
+reference (null when grpo.beta = 0); `logprob_diff_*` compare sampling-time and update-time log-probs of
+the sampled tokens before the update's first optimiser step (the rollout-vs-trainer alarm)."""
 
 
 def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOverride | None = None,
@@ -67,24 +71,29 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     from vitos.models import load_model
 
     validate(cfg)
+    load_dtype, mixed_precision = precision_plan(cfg)
     acc = Accelerator(cpu=cfg.device == "cpu", gradient_accumulation_steps=cfg.optim.micro_batches,
-                      step_scheduler_with_optimizer=False)
+                      step_scheduler_with_optimizer=False, mixed_precision=mixed_precision)
     set_seed(cfg.seed, device_specific=True)  # seed + process index: ranks sample differently
     run_dir = Path(cfg.checkpoint.out_dir)
     samples, n_skipped = _load_data(cfg, acc)
 
     # --- policy, optimiser, schedule --------------------------------------------------------------
-    adapter = load_model(_model_path(cfg, acc), cfg.model.dtype, device=str(acc.device), attn_implementation=cfg.model.attn)
+    adapter = load_model(_model_path(cfg, acc), load_dtype, device=str(acc.device), attn_implementation=cfg.model.attn)
     m = cfg.model
     policy = build_policy(adapter, cfg.prune, m.lora, m.lora_r, m.lora_alpha, m.lora_dropout, m.freeze_vision,
                           m.gradient_checkpointing, need_reference=cfg.grpo.beta > 0)
+    if cfg.optim.fp32_master_weights:  # the optimiser must update float32 weights (see precision_plan)
+        for p in policy.parameters():
+            if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+                p.data = p.data.float()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(cfg, t))
     _configure_deepspeed(acc, cfg)
     policy, optimizer, scheduler = acc.prepare(policy, optimizer, scheduler)
     register_trainable_only_hooks(acc)
-    view = PolicyView(policy, adapter)  # rollouts call the wrapped module, never bare submodules
+    view = PolicyView(policy, adapter, _generation_sync(acc))  # rollouts call the wrapped module, never bare submodules
     generator = torch.Generator(acc.device).manual_seed(cfg.seed + acc.process_index)
     vision_trainable = not m.freeze_vision
 
@@ -104,74 +113,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     bar = tqdm(total=cfg.schedule.total_steps, initial=state["step"], unit="step", dynamic_ncols=True,
                disable=not (acc.is_main_process and cfg.logging.progress))
 
-    # --- one branch (or, for `joint`, both) -> GRPO loss -> optimiser step --------------------------
-    def branch_rows(step_r: StepRollouts, rewards: StepRewards, branch: str) -> list[tuple[ScoreRequest, float, str]]:
-        rolls = step_r.grounding if branch == "grounding" else step_r.sparse
-        r, groups = (rewards.grounding, rewards.grounding_groups) if branch == "grounding" else (rewards.sparse, rewards.sparse_groups)
-        adv = group_advantages(r, groups, scale=cfg.grpo.scale_advantages)  # (N,)
-        return [(ScoreRequest(step_r.prompts[o.question][branch], step_r.image_ids(o.question), o.keeps, o.token_ids),
-                 float(a), branch) for o, a in zip(rolls, adv)]
-
-    def losses(step_r: StepRollouts, rows: list, chunk: range, branches: list[str]) -> tuple[torch.Tensor, dict[str, dict]]:
-        """Summed branch losses of one micro-batch, each weighted so the chunks add up to the full-batch loss."""
-        reqs, used = pack([rows[k][0] for k in chunk], sum(len(ims) for ims in step_r.images))
-        feats = [step_r.flat_encoded[i] for i in used]
-        imgs = [step_r.flat_images[i] for i in used] if vision_trainable else None
-        logp, mask = policy("logprobs", reqs, feats, imgs)  # (n, T), (n, T)
-        total, stats = logp.new_zeros(()), {}
-        for b in branches:
-            idx = [n for n, k in enumerate(chunk) if rows[k][2] == b]
-            if not idx:
-                continue
-            lens_all = [int(r[0].completion.numel()) for r in rows if r[2] == b]
-            lp, mk = logp[idx], mask[idx]  # (n_b, T)
-            ref = None
-            if cfg.grpo.beta > 0:  # (n_b, T_b) with T_b <= T: pad to the chunk's width (padding is masked out)
-                ref = policy("ref_logprobs", [reqs[n] for n in idx], feats)
-                ref = torch.nn.functional.pad(ref, (0, lp.shape[1] - ref.shape[1]))
-            adv = torch.tensor([rows[chunk[n]][1] for n in idx], device=lp.device)  # (n_b,)
-            loss, st = grpo_loss(lp, lp.detach(), adv, mk, ref, cfg.grpo.beta, cfg.grpo.clip_low, cfg.grpo.clip_high,
-                                 cfg.grpo.dual_clip, cfg.grpo.agg, max_len=max(lens_all))
-            w = chunk_weight([int(mk[n].sum()) for n in range(len(idx))], lens_all, cfg.grpo.agg)
-            total = total + w * loss
-            stats[b] = {"loss": w * loss.item(), **{k: w * v for k, v in st.items()}}
-        return total, stats
-
-    def update(step_r: StepRollouts, rewards: StepRewards, branches: list[str]) -> dict[str, Any]:
-        rows = [row for b in branches for row in branch_rows(step_r, rewards, b)]
-        out: dict[str, Any] = {}
-        for chunk in split_rows(len(rows), cfg.optim.micro_batches):
-            with acc.accumulate(policy):  # no gradient sync until the last micro-batch
-                loss, stats = losses(step_r, rows, chunk, branches)
-                acc.backward(loss * cfg.optim.micro_batches)  # accelerate divides by the accumulation count
-                for b, st in stats.items():
-                    for k, v in st.items():
-                        out[f"{b}/{k}"] = out.get(f"{b}/{k}", 0.0) + v
-                if acc.sync_gradients:
-                    if cfg.optim.max_grad_norm > 0:  # joint: one norm for the summed loss, logged under both
-                        norm = acc.clip_grad_norm_(params, cfg.optim.max_grad_norm)  # None under DeepSpeed
-                        out.update({f"{b}/grad_norm": None if norm is None else float(norm) for b in branches})
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-        return out
-
-    def grad_cosine(step_r: StepRollouts, rewards: StepRewards) -> float | None:
-        """cos(grad L_grounding, grad L_sparse) over trainable parameters (local, un-synchronised gradients)."""
-        if acc.distributed_type.name == "FSDP" or (acc.state.deepspeed_plugin and acc.state.deepspeed_plugin.zero_stage == 3):
-            return None
-        grads = []
-        with acc.no_sync(policy):
-            for b in ("grounding", "sparse"):
-                rows = branch_rows(step_r, rewards, b)
-                g = [torch.zeros_like(p) for p in params]
-                for chunk in split_rows(len(rows), cfg.optim.micro_batches):
-                    loss, _ = losses(step_r, rows, chunk, [b])
-                    for acc_g, d in zip(g, torch.autograd.grad(loss, params, allow_unused=True)):
-                        if d is not None:
-                            acc_g += d
-                grads.append(torch.cat([x.flatten().float() for x in g]))
-        norm = grads[0].norm() * grads[1].norm()
-        return float(grads[0] @ grads[1] / norm) if norm > 0 else None
+    updater = Updater(acc, policy, optimizer, params, cfg, vision_trainable)
 
     # --- the loop ------------------------------------------------------------------------------------
     metrics: dict[str, Any] = {}
@@ -189,13 +131,14 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
         policy.train()
         metrics = {"stage": stage_of(cfg, step), "lr": scheduler.get_last_lr()[0]}
         t2 = time.perf_counter()
-        if cfg.logging.log_grad_cosine and step % cfg.logging.every == 0:
-            metrics["grad_cosine"] = grad_cosine(step_r, rewards)
+        every = cfg.logging.grad_cosine_every
+        if cfg.logging.log_grad_cosine and every and step % every == 0:
+            metrics["grad_cosine"] = updater.grad_cosine(step_r, rewards)
         if (cfg.schedule.name == "stagewise" and cfg.optim.fresh_optimizer_at_stage2
                 and step == cfg.schedule.stage1_steps + 1 and step > 1):
             _clear_optimizer_state(optimizer)
         if cfg.schedule.name == "joint":  # one summed loss, one optimiser step
-            metrics.update(update(step_r, rewards, ["grounding", "sparse"]))
+            metrics.update(updater.update(step_r, rewards, ["grounding", "sparse"]))
         else:
             for b in branches_for_step(cfg, step):  # stagewise: one branch; interleaved: grounding then sparse
                 if b == "sparse" and cfg.schedule.name == "interleaved":  # fresh sparse rollouts from the updated policy
@@ -207,7 +150,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
                     rewards = score(step_r, cfg.rewards, cfg.grpo.sparse_grouping, reward_override)
                     policy.train()
                     t_extra_gen = time.perf_counter() - t3
-                metrics.update(update(step_r, rewards, [b]))
+                metrics.update(updater.update(step_r, rewards, [b]))
         scheduler.step()
         t_update = time.perf_counter() - t2 - t_extra_gen
         state["position"] += cfg.data.batch_size
@@ -308,6 +251,25 @@ def _local_batch(samples: list[Sample], position: int, batch_size: int, seed: in
     return [samples[i] for i in mine], epoch
 
 
+def _sharded(acc: Any) -> bool:
+    """Weights sharded across ranks (FSDP, DeepSpeed ZeRO-3): every rank must make the same forward calls."""
+    plugin = acc.state.deepspeed_plugin
+    return acc.distributed_type.name == "FSDP" or bool(plugin and plugin.zero_stage == 3)
+
+
+def _generation_sync(acc: Any) -> Callable[[bool], bool] | None:
+    """`fn(local_done) -> every rank done` for the decode loop under sharded weights (one all-reduce per
+    token, as transformers' `synced_gpus`); None when each rank may stop on its own (1 process, DDP, ZeRO-2)."""
+    if acc.num_processes == 1 or not _sharded(acc):
+        return None
+
+    def all_done(local_done: bool) -> bool:
+        running = torch.tensor([0.0 if local_done else 1.0], device=acc.device)
+        return float(acc.reduce(running, reduction="sum")) == 0.0
+
+    return all_done
+
+
 def _configure_deepspeed(acc: Any, cfg: TrainConfig) -> None:
     """DeepSpeed owns gradient accumulation: its count must be our micro-batch count; and with no
     dataloader to infer it from, its per-GPU micro-batch size must be set (one prompt group per pass)."""
@@ -349,6 +311,7 @@ def _rollout_metrics(step_r: StepRollouts, rewards: StepRewards) -> dict[str, An
         out[f"{b}/response_length_max"] = max(lengths)
         out[f"{b}/stopped_frac"] = _mean([float(o.stopped) for o in rolls])
     out["grounding/iou"] = _mean([p["iou"] for p in rewards.grounding_parts if p["iou"] is not None])
+    out["grounding/reward_budget"] = _mean([p["budget"] for p in rewards.grounding_parts if p.get("budget") is not None])
     out["kept_token_ratio"] = _mean([o.n_visual_kept / max(1, o.n_visual_total) for o in step_r.sparse])
     out["box_fallback_frac"] = _mean([float(o.fallback is not None) for o in step_r.grounding])
     return out
@@ -362,7 +325,14 @@ def _mean_over_processes(metrics: dict[str, Any], acc: Any) -> dict[str, Any]:
     local = torch.tensor([math.nan if metrics[k] is None else float(metrics[k]) for k in keys], device=acc.device)
     every = acc.gather(local[None])  # (P, K)
     mean = every.nanmean(dim=0)
-    return {**metrics, **{k: (None if math.isnan(v) else v) for k, v in zip(keys, mean.tolist())}}
+    present = ~every.isnan()
+    hi = every.masked_fill(~present, -math.inf).amax(dim=0)  # extrema are reduced as extrema, not averaged
+    lo = every.masked_fill(~present, math.inf).amin(dim=0)
+    out = {}
+    for k, m, h, low in zip(keys, mean.tolist(), hi.tolist(), lo.tolist()):
+        v = h if k.endswith("_max") else low if k.endswith("_min") else m
+        out[k] = None if math.isnan(m) else v
+    return {**metrics, **out}
 
 
 # --------------------------------------------------------------------------------------------------
