@@ -295,20 +295,19 @@ def lr_factor(cfg: TrainConfig, steps_done: int) -> float:
 
 
 def precision_plan(cfg: TrainConfig) -> tuple[str, str | None]:
-    """(dtype to load the weights in, accelerate `mixed_precision` or None = as launched).
+    """(dtype to load the weights in, compute dtype: 'bf16' / 'fp16' or None = the weights' own).
 
     Full fine-tuning in bfloat16/float16 with `optim.fp32_master_weights` loads float32 weights and
-    computes under autocast in the requested dtype: the optimiser then updates float32 weights, so an
-    update of 1e-6 * w survives (in bf16 it rounds back to w). LoRA keeps the frozen base in model.dtype;
-    peft keeps its adapters in float32 already.
+    computes in the requested dtype: the optimiser then updates float32 weights, so an update of 1e-6 * w
+    survives (in bf16 it rounds back to w). bf16 compute is an explicit `torch.autocast` inside
+    `Policy.forward`; fp16 goes through accelerate's `mixed_precision="fp16"`, which adds the loss scaler
+    fp16 needs. LoRA keeps the frozen base in model.dtype; peft keeps its adapters in float32 already.
     """
-    from vitos.models import resolve_dtype
-
     import torch
 
-    dtype = torch.float32 if cfg.model.dtype == "auto" and cfg.device == "cpu" else resolve_dtype(cfg.model.dtype)
+    from vitos.models import resolve_dtype
 
+    dtype = torch.float32 if cfg.model.dtype == "auto" and cfg.device == "cpu" else resolve_dtype(cfg.model.dtype)
     if not cfg.model.lora and cfg.optim.fp32_master_weights and dtype in (torch.bfloat16, torch.float16):
         return "float32", "bf16" if dtype == torch.bfloat16 else "fp16"
     return cfg.model.dtype, None
-

@@ -64,16 +64,26 @@ def pack(requests: list[ScoreRequest], n_images: int) -> tuple[list[ScoreRequest
 class Policy(nn.Module):
     """The VLM being trained (and, for beta > 0 with full fine-tuning, its frozen reference)."""
 
-    def __init__(self, adapter: ModelAdapter, prune: PruneConfig, trainable: nn.Module, reference: ModelAdapter | None = None):
+    def __init__(self, adapter: ModelAdapter, prune: PruneConfig, trainable: nn.Module, reference: ModelAdapter | None = None,
+                 autocast_dtype: torch.dtype | None = None):
         super().__init__()
         self.model = trainable  # the PeftModel (LoRA) or the HF model itself: registers every parameter once
         self.adapter = adapter  # plain attribute: its .model is the module registered above
         self.prune = prune
         self.reference_adapter = reference
+        self.autocast_dtype = autocast_dtype
+        """Compute dtype of every op (torch.autocast) over float32 master weights; None = the weights' dtype."""
         if reference is not None:
             self.reference = reference.model  # registered so FSDP/ZeRO shard it too; frozen
 
     def forward(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        if self.autocast_dtype is None:
+            return self._dispatch(op, *args, **kwargs)
+        device_type = next(self.model.parameters()).device.type
+        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype):
+            return self._dispatch(op, *args, **kwargs)
+
+    def _dispatch(self, op: str, *args: Any, **kwargs: Any) -> Any:
         if op == "logprobs":
             return self._logprobs(self.adapter, *args, **kwargs)
         if op == "ref_logprobs":
@@ -151,7 +161,7 @@ def vision_modules(model: nn.Module) -> list[nn.Module]:
 
 def build_policy(adapter: ModelAdapter, prune: PruneConfig, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
                  lora_dropout: float = 0.0, freeze_vision: bool = True, gradient_checkpointing: bool = False,
-                 need_reference: bool = False) -> Policy:
+                 need_reference: bool = False, autocast_dtype: torch.dtype | None = None) -> Policy:
     """Make the adapter's model trainable as configured (LoRA injected in place: `adapter.model` keeps working)."""
     model = adapter.model
     reference = None
@@ -178,7 +188,7 @@ def build_policy(adapter: ModelAdapter, prune: PruneConfig, lora: bool = True, l
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not any(p.requires_grad for p in trainable.parameters()):
         raise ValueError("no trainable parameters: check model.lora / model.freeze_vision")
-    return Policy(adapter, prune, trainable, reference)
+    return Policy(adapter, prune, trainable, reference, autocast_dtype)
 
 
 def merge_lora_state(state: dict[str, torch.Tensor], scale: float, adapter_name: str = "default") -> dict[str, torch.Tensor]:

@@ -71,9 +71,9 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     from vitos.models import load_model
 
     validate(cfg)
-    load_dtype, mixed_precision = precision_plan(cfg)
+    load_dtype, compute = precision_plan(cfg)  # bf16 full fine-tuning: fp32 weights, bf16 autocast
     acc = Accelerator(cpu=cfg.device == "cpu", gradient_accumulation_steps=cfg.optim.micro_batches,
-                      step_scheduler_with_optimizer=False, mixed_precision=mixed_precision)
+                      step_scheduler_with_optimizer=False, mixed_precision="fp16" if compute == "fp16" else None)
     set_seed(cfg.seed, device_specific=True)  # seed + process index: ranks sample differently
     run_dir = Path(cfg.checkpoint.out_dir)
     samples, n_skipped = _load_data(cfg, acc)
@@ -82,7 +82,8 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     adapter = load_model(_model_path(cfg, acc), load_dtype, device=str(acc.device), attn_implementation=cfg.model.attn)
     m = cfg.model
     policy = build_policy(adapter, cfg.prune, m.lora, m.lora_r, m.lora_alpha, m.lora_dropout, m.freeze_vision,
-                          m.gradient_checkpointing, need_reference=cfg.grpo.beta > 0)
+                          m.gradient_checkpointing, need_reference=cfg.grpo.beta > 0,
+                          autocast_dtype=torch.bfloat16 if compute == "bf16" else None)
     if cfg.optim.fp32_master_weights:  # the optimiser must update float32 weights (see precision_plan)
         for p in policy.parameters():
             if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
