@@ -5,10 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_image
+from conftest import original_positions, plant_decode_after_length, random_image, reindexed
 from vitos.engine import SamplingConfig, completion_logprobs, generate
 from vitos.pruning.boxes import boxes_to_keep_mask
 from vitos.pruning.sparse import assemble, collate, next_positions
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Position checks run on the default tiny model AND its position-sensitive variant (conftest): the default
+# random model barely depends on positions, so only the sensitive one makes them able to fail (the
+# *_notices_* tests plant wrong positions and show each check fails on it).
+MODELS = ["tiny_adapter", "sensitive_adapter"]
+KEEP_RATIOS = [0.77, 0.5, 0.25]
+
+
+def _same(seq):
+    return seq
 
 
 def _expanded_text(tok, question: str, n_tokens: list[int]) -> str:
@@ -23,14 +35,15 @@ def _expanded_text(tok, question: str, n_tokens: list[int]) -> str:
     return out
 
 
-def test_keep_all_forward_equals_unmodified_transformers_forward(tiny_adapter):
-    ad = tiny_adapter
+def _keep_all_vs_transformers(ad, plant=_same):
+    """(ours, ref) logits on every valid row: keep-all sequences through assemble + lm_forward (then
+    `plant`ed) vs the unmodified transformers forward, which computes M-RoPE itself from image_grid_thw."""
     # Three prompts: different image sizes, one with two images, different text lengths -> left padding.
     images = [[random_image(224, 224, 0)], [random_image(280, 168, 1)], [random_image(112, 196, 2), random_image(140, 140, 3)]]
     questions = ["Is there a lesion?", "Which organ is shown in this scan, and is it enlarged today?", "Compare."]
     with torch.no_grad():
         enc = [ad.encode_images(ims) for ims in images]
-        seqs = [assemble(ad, ad.build_prompt(q, e), e) for q, e in zip(questions, enc)]
+        seqs = [plant(assemble(ad, ad.build_prompt(q, e), e)) for q, e in zip(questions, enc)]
         embeds, positions, mask = collate(seqs)
         ours, _ = ad.lm_forward(embeds, positions, mask)  # (B, L, V)
 
@@ -51,15 +64,42 @@ def test_keep_all_forward_equals_unmodified_transformers_forward(tiny_adapter):
     assert len({s.length for s in seqs}) == 3, "the prompts must differ in length so left padding is exercised"
     valid = mask.bool()
     assert torch.equal(valid, batch.attention_mask.bool())
-    assert (ours[valid] - ref[valid]).abs().max().item() <= 1e-5
+    return ours[valid], ref[valid]
 
 
-def _reference_greedy(ad, seq, max_new: int) -> list[int]:
-    """Feed the whole pruned sequence + generated tokens every step, explicit positions, no cache,
-    through the unmodified top-level HF forward (inputs_embeds + position_ids)."""
-    embeds = seq.embeds[None]  # (1, L, D)
-    pos = seq.positions[:, None]  # (3, 1, L)
-    start = int(seq.positions.max()) + 1
+@pytest.mark.parametrize("model", MODELS)
+def test_keep_all_forward_equals_unmodified_transformers_forward(model, request):
+    ours, ref = _keep_all_vs_transformers(request.getfixturevalue(model))
+    assert (ours - ref).abs().max().item() <= 1e-5
+
+
+def test_keep_all_check_notices_reindexed_positions(sensitive_adapter):
+    ours, ref = _keep_all_vs_transformers(sensitive_adapter, plant=reindexed)
+    shift = (torch.log_softmax(ours, -1) - torch.log_softmax(ref, -1)).abs().max().item()
+    assert shift > 1.0  # nats; the real check allows 1e-5 on the logits
+
+
+def test_sensitive_model_notices_reindexed_kept_positions(tiny_adapter, sensitive_adapter):
+    """The reason for the sensitive variant: one next-token distribution, a pruned image, kept tokens at their
+    original positions vs re-indexed 0..L-1. The default random model barely moves; the sensitive one moves by nats."""
+    def max_shift(ad):
+        with torch.no_grad():
+            enc = ad.encode_images([random_image(224, 224, 6)])
+            keep = boxes_to_keep_mask([[0.1, 0.2, 0.6, 0.7]], enc[0].grid_hw)
+            seq = assemble(ad, ad.build_prompt("Is it normal?", enc), enc, [keep])
+            lps = [torch.log_softmax(ad.lm_forward(*collate([s]), logits_to_keep=1)[0][0, -1], -1)
+                   for s in (seq, reindexed(seq))]
+        return (lps[0] - lps[1]).abs().max().item()
+
+    assert max_shift(tiny_adapter) < 0.05  # measured 0.002 nat: why a position test needs the sensitive model
+    assert max_shift(sensitive_adapter) > 2.0  # measured 5.8 nats
+
+
+def _reference_greedy(ad, embeds, positions, start: int, max_new: int) -> list[int]:
+    """Feed the whole sequence + generated tokens every step, explicit positions (`positions` (3, L) for the
+    prompt, then start, start + 1, ...), no cache, through the unmodified top-level HF forward."""
+    embeds = embeds[None]  # (1, L, D)
+    pos = positions[:, None]  # (3, 1, L)
     out: list[int] = []
     suppressed = set(ad.suppressed_token_ids)
     for t in range(max_new):
@@ -76,14 +116,14 @@ def _reference_greedy(ad, seq, max_new: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("keep_ratio", [0.77, 0.5, 0.25])
-@pytest.mark.parametrize("fusion", ["none", "merge", "contextual"])
-def test_pruned_greedy_generation_matches_stepwise_reference(tiny_adapter, keep_ratio, fusion):
-    ad = tiny_adapter
+def _pruned_greedy(ad, keep_ratio, fusion, plant=_same) -> list[tuple[list[int], list[int]]]:
+    """Per prompt (generated, reference): batched KV-cache `generate` on the assembled (then `plant`ed) pruned
+    sequences vs the cache-free reference on the same embeddings with positions built WITHOUT assemble
+    (`original_positions`) and decoding from the unpruned prompt's max position + 1."""
     images = [random_image(224, 224, 4), random_image(280, 196, 5)]
     with torch.no_grad():
         enc = ad.encode_images(images)
-    seqs, kept = [], []
+    seqs, refs, kept = [], [], []
     for i, (e, q) in enumerate(zip(enc, ["Is there a mass?", "Where is the lesion located in this image?"])):
         h, w = e.grid_hw
         g = torch.Generator().manual_seed(i)
@@ -91,28 +131,56 @@ def test_pruned_greedy_generation_matches_stepwise_reference(tiny_adapter, keep_
         keep[torch.randperm(h * w, generator=g)[: max(1, round(keep_ratio * h * w))]] = True
         keep = keep.view(h, w)
         with torch.no_grad():
-            seqs.append(assemble(ad, ad.build_prompt(q, [e]), [e], [keep], fusion=fusion, num_contextual=3))
-        kept.append(int(keep.sum()))
-    extra = 3 if fusion == "contextual" else 0
-    assert [s.n_visual_kept for s in seqs] == [k + extra for k in kept]
+            prompt = ad.build_prompt(q, [e])
+            seq = assemble(ad, prompt, [e], [keep], fusion=fusion, num_contextual=3)
+        k, (start, _) = int(keep.sum()), prompt.image_spans[0]
+        extra = seq.positions[:, start + k : start + seq.n_visual_kept]  # contextual's extra tokens (none otherwise)
+        refs.append((seq.embeds, original_positions(prompt, [keep], [extra]), int(prompt.positions.max()) + 1))
+        seqs.append(plant(seq))
+        kept.append(k)
+    n_extra = 3 if fusion == "contextual" else 0
+    assert [s.n_visual_kept for s in seqs] == [k + n_extra for k in kept]
     gen = generate(ad, seqs, SamplingConfig(max_new_tokens=12))  # batched, KV cache, left padding
-    for seq, got in zip(seqs, gen.token_ids):
-        assert got.tolist() == _reference_greedy(ad, seq, 12)
+    return [(got.tolist(), _reference_greedy(ad, *ref, 12)) for got, ref in zip(gen.token_ids, refs)]
 
 
-def test_decode_positions_continue_after_max_kept_position(tiny_adapter):
-    ad = tiny_adapter
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("keep_ratio", KEEP_RATIOS)
+@pytest.mark.parametrize("fusion", ["none", "merge", "contextual"])
+def test_pruned_greedy_generation_matches_stepwise_reference(model, keep_ratio, fusion, request):
+    for got, ref in _pruned_greedy(request.getfixturevalue(model), keep_ratio, fusion):
+        assert got == ref
+
+
+@pytest.mark.parametrize("plant", ["reindexed", "decode_after_length"])
+@pytest.mark.parametrize("keep_ratio", KEEP_RATIOS)
+@pytest.mark.parametrize("fusion", ["none", "merge", "contextual"])
+def test_pruned_greedy_check_notices_wrong_positions(sensitive_adapter, keep_ratio, fusion, plant, monkeypatch):
+    """Liveness: with re-indexed kept positions, or decoding resumed at the sequence length, the check above fails."""
+    if plant == "decode_after_length":
+        plant_decode_after_length(monkeypatch)
+    pairs = _pruned_greedy(sensitive_adapter, keep_ratio, fusion, reindexed if plant == "reindexed" else _same)
+    assert [got for got, _ in pairs] != [ref for _, ref in pairs]
+
+
+def _decode_positions(ad, plant=_same) -> list[tuple[str, object, object]]:
+    """(what, observed, expected) for a box-pruned prompt: kept tokens and the text after the image keep the
+    unpruned prompt's positions, and decoding resumes at max position + 1 on every M-RoPE row."""
     with torch.no_grad():
         enc = ad.encode_images([random_image(224, 224, 6)])
     prompt = ad.build_prompt("Is it normal?", enc)
     keep = boxes_to_keep_mask([[0.0, 0.0, 0.5, 0.5]], enc[0].grid_hw)
-    seq = assemble(ad, prompt, enc, [keep], fusion="none")
+    seq = plant(assemble(ad, prompt, enc, [keep], fusion="none"))
     # Original positions, never re-indexed: the kept image tokens are a subset of the unpruned ones and
     # the text after the image keeps its unpruned positions, so decoding resumes where it would have.
     start, end = prompt.image_spans[0]
     kept_pos = prompt.positions[:, start:end][:, keep.view(-1)]
-    assert torch.equal(seq.positions[:, start : start + kept_pos.shape[1]], kept_pos)
-    assert seq.length == prompt.input_ids.numel() - (end - start) + int(keep.sum())
+    checks = [
+        ("kept image positions", seq.positions[:, start : start + kept_pos.shape[1]].tolist(), kept_pos.tolist()),
+        ("text after the image", seq.positions[:, start + kept_pos.shape[1] :].tolist(),
+         prompt.positions[:, end:].tolist()),
+        ("length", seq.length, prompt.input_ids.numel() - (end - start) + int(keep.sum())),
+    ]
 
     seen = []
     original = ad.lm_forward
@@ -126,11 +194,24 @@ def test_decode_positions_continue_after_max_kept_position(tiny_adapter):
             return original(embeds, positions, mask, cache, logits_to_keep)
 
     generate(Recorder(), [seq], SamplingConfig(max_new_tokens=4))
-    first_decode = seen[1]  # (3, 1, 1)
-    assert first_decode.flatten().tolist() == [int(seq.positions.max()) + 1] * 3
-    assert int(seq.positions.max()) == int(prompt.positions.max())
-    if len(seen) > 2:
-        assert seen[2].flatten().tolist() == [int(seq.positions.max()) + 2] * 3
+    top = int(prompt.positions.max())
+    checks.append(("decode steps", len(seen) > 2, True))
+    checks += [(f"decode step {t}", s.flatten().tolist(), [top + t] * 3) for t, s in enumerate(seen[1:3], 1)]
+    return checks
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_decode_positions_continue_after_max_kept_position(model, request):
+    for what, observed, expected in _decode_positions(request.getfixturevalue(model)):
+        assert observed == expected, what
+
+
+@pytest.mark.parametrize("plant", ["reindexed", "decode_after_length"])
+def test_decode_positions_check_notices_wrong_positions(sensitive_adapter, plant, monkeypatch):
+    if plant == "decode_after_length":
+        plant_decode_after_length(monkeypatch)
+    checks = _decode_positions(sensitive_adapter, reindexed if plant == "reindexed" else _same)
+    assert any(observed != expected for _, observed, expected in checks)
 
 
 def test_next_positions_hand_computed():
@@ -166,28 +247,58 @@ def test_vision_special_tokens_are_never_sampled(tiny_adapter):
         assert not set(gen.token_ids[0].tolist()) & set(banned)
 
 
-def test_completion_logprobs_match_the_decoder_and_carry_gradients(tiny_adapter):
-    ad = tiny_adapter
+def _completion_vs_reference(ad, plant=_same):
+    """Greedy completions of a pruned (merge) and a whole prompt, re-scored by `completion_logprobs` on the
+    assembled (then `plant`ed) sequences, vs the cache-free reference: the same embeddings at positions built
+    WITHOUT assemble, completion token k at the unpruned prompt's max position + 1 + k.
+    Returns [(logp, ref)] per row, the completion mask, the completions and the sequences."""
     with torch.no_grad():
         enc = ad.encode_images([random_image(224, 224, 8), random_image(168, 168, 9)])
-    seqs = [assemble(ad, ad.build_prompt(q, [e]), [e]) for q, e in zip(["a?", "longer question here?"], enc)]
+    h, w = enc[0].grid_hw
+    keep = torch.zeros(h, w, dtype=torch.bool)
+    keep[1 : h // 2, w // 3 :] = True
+    keeps = [keep, None]
+    prompts = [ad.build_prompt(q, [e]) for q, e in zip(["a?", "longer question here?"], enc)]
+    with torch.no_grad():
+        clean = [assemble(ad, p, [e], [k], fusion="merge") for p, e, k in zip(prompts, enc, keeps)]
+    seqs = [plant(s) for s in clean]
     gen = generate(ad, seqs, SamplingConfig(max_new_tokens=6))
     logp, mask = completion_logprobs(ad, seqs, gen.token_ids)
     assert logp.shape == mask.shape == (2, max(t.numel() for t in gen.token_ids))
-    # Greedy tokens are the argmax, so each must have the highest log-prob of its step: check by
-    # recomputing one row's step logits with the cache-free reference decoder.
-    for b, (seq, toks) in enumerate(zip(seqs, gen.token_ids)):
+    pairs = []
+    for b, (seq, prompt, k, toks) in enumerate(zip(clean, prompts, keeps, gen.token_ids)):
         embeds = torch.cat([seq.embeds, ad.embed_tokens(toks[:-1])], dim=0)[None]
-        start = int(seq.positions.max()) + 1
-        pos = torch.cat([seq.positions, torch.arange(start, start + toks.numel() - 1).expand(3, -1)], dim=1)[:, None]
+        start = int(prompt.positions.max()) + 1
+        decode = torch.arange(start, start + toks.numel() - 1).expand(3, -1)
+        pos = torch.cat([original_positions(prompt, [k]), decode], dim=1)[:, None]  # (3, 1, L + T - 1)
+        ones = torch.ones(1, embeds.shape[1], dtype=torch.long)  # explicit: the pruned gap is not a packing boundary
         with torch.no_grad():
-            ref = torch.log_softmax(ad.model(inputs_embeds=embeds, position_ids=pos).logits[0].float(), -1)
+            logits = ad.model(inputs_embeds=embeds, position_ids=pos, attention_mask=ones).logits
+        ref = torch.log_softmax(logits[0].float(), -1)
         ref_lp = ref[seq.length - 1 :].gather(-1, toks[:, None]).squeeze(-1)
-        assert torch.allclose(logp[b, : toks.numel()], ref_lp, atol=1e-5)
-        assert mask[b].sum() == toks.numel()
-    seqs_grad = [assemble(ad, ad.build_prompt("a?", [enc[0]]), [enc[0]])]
-    lp, _ = completion_logprobs(ad, seqs_grad, [gen.token_ids[0]])
+        pairs.append((logp[b, : toks.numel()], ref_lp))
+    return pairs, mask, gen.token_ids, seqs
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_completion_logprobs_match_the_decoder_and_carry_gradients(model, request):
+    ad = request.getfixturevalue(model)
+    pairs, mask, completions, seqs = _completion_vs_reference(ad)
+    # Every completion token's log-prob is the cache-free reference decoder's, on every row.
+    for b, (logp, ref_lp) in enumerate(pairs):
+        assert torch.allclose(logp, ref_lp, atol=1e-5)
+        assert mask[b].sum() == completions[b].numel()
+    lp, _ = completion_logprobs(ad, seqs[1:], completions[1:])
     lp.sum().backward()
     grad = ad.model.lm_head.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     ad.model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("plant", ["reindexed", "decode_after_length"])
+def test_completion_logprobs_check_notices_wrong_positions(sensitive_adapter, plant, monkeypatch):
+    if plant == "decode_after_length":
+        plant_decode_after_length(monkeypatch)
+    with torch.no_grad():
+        pairs, *_ = _completion_vs_reference(sensitive_adapter, reindexed if plant == "reindexed" else _same)
+    assert max((logp - ref).abs().max().item() for logp, ref in pairs) > 0.1  # nats; the real check allows 1e-5

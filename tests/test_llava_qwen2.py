@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import random_image
+from conftest import original_positions, plant_decode_after_length, random_image, reindexed
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig, completion_logprobs, generate
 from vitos.models import ModelLoadError, build_on_meta, load_model
@@ -33,6 +33,17 @@ from vitos.pruning.sparse import assemble, collate
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Position checks run on the default tiny checkpoint AND its position-sensitive variant (conftest): the default
+# random model barely depends on positions; the *_notices_* tests plant wrong positions and show that each
+# check fails on the sensitive one.
+MODELS = ["huatuo", "sensitive_huatuo"]
+
+
+def _same(seq):
+    return seq
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +261,12 @@ def test_prompt_is_huatuo_cli_format_with_576_placeholders_per_image(huatuo):
 
 
 # ------------------------------------------------------------------------------------------ engine, P = 1
-def test_keep_all_forward_equals_unmodified_llava_forward(huatuo):
-    ad = huatuo
+@pytest.mark.parametrize("model", MODELS)
+def test_keep_all_forward_equals_unmodified_llava_forward(model, request):
+    # No liveness twin: a whole prompt's 1-D positions are 0..L-1, so re-indexing it changes nothing, and a
+    # per-row shift (e.g. counting the left padding) leaves RoPE attention unchanged. The pruned checks below
+    # are the ones a wrong position rule can fail, and each has one.
+    ad = request.getfixturevalue(model)
     images = [[random_image(224, 224, 0)], [random_image(280, 168, 1)],
               [random_image(112, 196, 2), random_image(140, 140, 3)]]
     questions = ["Is there a lesion?", "Which organ is shown in this scan, and is it enlarged today?", "Compare."]
@@ -281,13 +296,28 @@ def test_keep_all_forward_equals_unmodified_llava_forward(huatuo):
     assert (ours[valid] - ref[valid]).abs().max().item() <= 1e-5
 
 
-def _reference_greedy(ad, seq, max_new: int) -> list[int]:
-    """Whole pruned sequence + generated tokens every step, explicit 1-D positions, no cache, through the
-    unmodified top-level forward. The all-ones mask matters: without it transformers would read the
-    position gap as a packed-sequence boundary."""
-    embeds = seq.embeds[None]  # (1, L, D)
-    pos = seq.positions  # (1, L) -- P = 1 row doubles as the batch row
-    start = int(seq.positions.max()) + 1
+def test_sensitive_model_notices_reindexed_kept_positions(huatuo, sensitive_huatuo):
+    """One next-token distribution, a box-pruned image, kept tokens at their original positions vs re-indexed
+    0..L-1: the default random model barely moves, the sensitive variant moves by nats."""
+    def max_shift(ad):
+        with torch.no_grad():
+            enc = ad.encode_images([random_image(224, 224, 6)])
+            keep = boxes_to_keep_mask([[0.1, 0.2, 0.6, 0.7]], enc[0].grid_hw)
+            seq = assemble(ad, ad.build_prompt("Is it normal?", enc), enc, [keep])
+            lps = [torch.log_softmax(ad.lm_forward(*collate([s]), logits_to_keep=1)[0][0, -1], -1)
+                   for s in (seq, reindexed(seq))]
+        return (lps[0] - lps[1]).abs().max().item()
+
+    assert max_shift(huatuo) < 0.05  # measured 0.0015 nat
+    assert max_shift(sensitive_huatuo) > 2.0  # measured 3.8 nats
+
+
+def _reference_greedy(ad, embeds, positions, start: int, max_new: int) -> list[int]:
+    """Whole sequence + generated tokens every step, explicit 1-D positions (`positions` (1, L) for the prompt,
+    then start, start + 1, ...), no cache, through the unmodified top-level forward. The all-ones mask
+    matters: without it transformers would read the position gap as a packed-sequence boundary."""
+    embeds = embeds[None]  # (1, L, D)
+    pos = positions  # (1, L) -- P = 1 row doubles as the batch row
     out: list[int] = []
     for t in range(max_new):
         with torch.no_grad():
@@ -304,40 +334,69 @@ def _reference_greedy(ad, seq, max_new: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize(("fusion", "keep_ratio"), [("none", 0.5), ("none", 0.1), ("merge", 0.1), ("contextual", 0.3)])
-def test_pruned_greedy_generation_matches_stepwise_reference(huatuo, fusion, keep_ratio):
-    ad = huatuo
+def _pruned_greedy(ad, fusion, keep_ratio, plant=_same) -> list[tuple[list[int], list[int]]]:
+    """Per prompt (generated, reference): batched KV-cache `generate` on the assembled (then `plant`ed) pruned
+    sequences vs the cache-free reference on the same embeddings with positions built WITHOUT assemble
+    (`original_positions`), decoding from the unpruned prompt's length."""
     with torch.no_grad():
         enc = ad.encode_images([random_image(224, 224, 4), random_image(280, 196, 5)])
-    seqs, kept = [], []
+    seqs, refs, kept = [], [], []
     for i, (e, q) in enumerate(zip(enc, ["Is there a mass?", "Where is the lesion located in this image?"])):
         g = torch.Generator().manual_seed(i)
         keep = torch.zeros(576, dtype=torch.bool)
         keep[torch.randperm(576, generator=g)[: round(keep_ratio * 576)]] = True
+        keep = keep.view(24, 24)
         with torch.no_grad():
             prompt = ad.build_prompt(q, [e])
-            seqs.append(assemble(ad, prompt, [e], [keep.view(24, 24)], fusion=fusion, num_contextual=3))
-        kept.append(int(keep.sum()))
-    extra = 3 if fusion == "contextual" else 0
-    assert [s.n_visual_kept for s in seqs] == [k + extra for k in kept]
+            seq = assemble(ad, prompt, [e], [keep], fusion=fusion, num_contextual=3)
+        k, (start, _) = int(keep.sum()), prompt.image_spans[0]
+        extra = seq.positions[:, start + k : start + seq.n_visual_kept]  # contextual's extra tokens (none otherwise)
+        refs.append((seq.embeds, original_positions(prompt, [keep], [extra]), prompt.input_ids.numel()))
+        seqs.append(plant(seq))
+        kept.append(k)
+    n_extra = 3 if fusion == "contextual" else 0
+    assert [s.n_visual_kept for s in seqs] == [k + n_extra for k in kept]
     assert all(s.positions.shape == (1, s.length) for s in seqs)
     gen = generate(ad, seqs, SamplingConfig(max_new_tokens=8))  # batched, KV cache, left padding
-    for seq, got in zip(seqs, gen.token_ids):
-        assert got.tolist() == _reference_greedy(ad, seq, 8)
+    return [(got.tolist(), _reference_greedy(ad, *ref, 8)) for got, ref in zip(gen.token_ids, refs)]
 
 
-def test_kept_tokens_keep_original_positions_and_decoding_resumes_after_the_prompt(huatuo):
-    ad = huatuo
+PRUNED_CASES = [("none", 0.5), ("none", 0.1), ("merge", 0.1), ("contextual", 0.3)]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(("fusion", "keep_ratio"), PRUNED_CASES)
+def test_pruned_greedy_generation_matches_stepwise_reference(model, fusion, keep_ratio, request):
+    for got, ref in _pruned_greedy(request.getfixturevalue(model), fusion, keep_ratio):
+        assert got == ref
+
+
+@pytest.mark.parametrize("plant", ["reindexed", "decode_after_length"])
+@pytest.mark.parametrize(("fusion", "keep_ratio"), PRUNED_CASES)
+def test_pruned_greedy_check_notices_wrong_positions(sensitive_huatuo, fusion, keep_ratio, plant, monkeypatch):
+    """Liveness: with re-indexed kept positions, or decoding resumed at the pruned length, the check above fails."""
+    if plant == "decode_after_length":
+        plant_decode_after_length(monkeypatch)
+    pairs = _pruned_greedy(sensitive_huatuo, fusion, keep_ratio, reindexed if plant == "reindexed" else _same)
+    assert [got for got, _ in pairs] != [ref for _, ref in pairs]
+
+
+def _kept_positions(ad, plant=_same) -> list[tuple[str, object, object]]:
+    """(what, observed, expected), hand-computed: a top-left box keeps 12 x 12 cells at their original 1-D
+    positions, the text after the image keeps its own, and decoding resumes at the unpruned prompt's length."""
     with torch.no_grad():
         enc = ad.encode_images([random_image(224, 224, 6)])
     prompt = ad.build_prompt("Is it normal?", enc)
     keep = boxes_to_keep_mask([[0.0, 0.0, 0.5, 0.5]], enc[0].grid_hw)  # top-left 12 x 12 cells
-    seq = assemble(ad, prompt, enc, [keep], fusion="none")
+    seq = plant(assemble(ad, prompt, enc, [keep], fusion="none"))
     start, end = prompt.image_spans[0]
+    n = prompt.input_ids.numel()
     rows = torch.arange(12)[:, None] * 24 + torch.arange(12)[None]  # raster indices of the kept cells
-    assert seq.positions[0, start:start + 144].tolist() == (start + rows.flatten()).tolist()
-    assert seq.positions[0, start + 144:].tolist() == list(range(end, prompt.input_ids.numel()))
-    assert seq.length == prompt.input_ids.numel() - 576 + 144
+    checks = [
+        ("kept image positions", seq.positions[0, start:start + 144].tolist(), (start + rows.flatten()).tolist()),
+        ("text after the image", seq.positions[0, start + 144:].tolist(), list(range(end, n))),
+        ("length", seq.length, n - 576 + 144),
+    ]
 
     seen = []
     original = ad.lm_forward
@@ -351,9 +410,25 @@ def test_kept_tokens_keep_original_positions_and_decoding_resumes_after_the_prom
             return original(embeds, positions, mask, cache, logits_to_keep)
 
     generate(Recorder(), [seq], SamplingConfig(max_new_tokens=3))
-    assert seen[0].shape == (1, 1, seq.length)
-    if len(seen) > 1:  # the unpruned prompt had L tokens: the first new one sits at L, as without pruning
-        assert seen[1].flatten().tolist() == [prompt.input_ids.numel()]
+    checks.append(("prefill shape", tuple(seen[0].shape), (1, 1, seq.length)))
+    checks.append(("decode steps", len(seen) > 1, True))
+    # The unpruned prompt had n tokens: the first new one sits at n, as without pruning.
+    checks += [(f"decode step {t}", s.flatten().tolist(), [n + t - 1]) for t, s in enumerate(seen[1:], 1)]
+    return checks
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_kept_tokens_keep_original_positions_and_decoding_resumes_after_the_prompt(model, request):
+    for what, observed, expected in _kept_positions(request.getfixturevalue(model)):
+        assert observed == expected, what
+
+
+@pytest.mark.parametrize("plant", ["reindexed", "decode_after_length"])
+def test_kept_positions_check_notices_wrong_positions(sensitive_huatuo, plant, monkeypatch):
+    if plant == "decode_after_length":
+        plant_decode_after_length(monkeypatch)
+    checks = _kept_positions(sensitive_huatuo, reindexed if plant == "reindexed" else _same)
+    assert any(observed != expected for _, observed, expected in checks)
 
 
 def test_image_placeholder_and_padded_vocab_are_never_sampled(huatuo):
@@ -381,30 +456,56 @@ def test_image_placeholder_and_padded_vocab_are_never_sampled(huatuo):
         assert not set(gen.token_ids[0].tolist()) & set(banned)
 
 
-def test_completion_logprobs_match_the_reference_and_carry_gradients(huatuo):
-    ad = huatuo
+def _completion_vs_reference(ad, plant=_same):
+    """Greedy completions of a pruned (merge) and a whole prompt, re-scored by `completion_logprobs` on the
+    assembled (then `plant`ed) sequences, vs the cache-free reference: the same embeddings at positions built
+    WITHOUT assemble, completion token k at the unpruned prompt's length + k.
+    Returns [(logp, ref)] per row, the completion mask, the completions and the sequences."""
     with torch.no_grad():
         enc = ad.encode_images([random_image(224, 224, 8), random_image(168, 168, 9)])
     keep = torch.zeros(24, 24, dtype=torch.bool)
     keep[3:9, 10:20] = True
-    seqs = [assemble(ad, ad.build_prompt("a?", [enc[0]]), [enc[0]], [keep], fusion="merge"),
-            assemble(ad, ad.build_prompt("longer question here?", [enc[1]]), [enc[1]])]
+    keeps = [keep, None]
+    prompts = [ad.build_prompt(q, [e]) for q, e in zip(["a?", "longer question here?"], enc)]
+    with torch.no_grad():
+        clean = [assemble(ad, p, [e], [k], fusion="merge") for p, e, k in zip(prompts, enc, keeps)]
+    seqs = [plant(s) for s in clean]
     gen = generate(ad, seqs, SamplingConfig(max_new_tokens=6))
     logp, mask = completion_logprobs(ad, seqs, gen.token_ids)
     assert logp.shape == mask.shape == (2, max(t.numel() for t in gen.token_ids))
-    for b, (seq, toks) in enumerate(zip(seqs, gen.token_ids)):
+    pairs = []
+    for b, (seq, prompt, k, toks) in enumerate(zip(clean, prompts, keeps, gen.token_ids)):
         embeds = torch.cat([seq.embeds, ad.embed_tokens(toks[:-1])], dim=0)[None]
-        start = int(seq.positions.max()) + 1
-        pos = torch.cat([seq.positions[0], torch.arange(start, start + toks.numel() - 1)])[None]  # (1, L + T - 1)
+        start = prompt.input_ids.numel()
+        decode = torch.arange(start, start + toks.numel() - 1)
+        pos = torch.cat([original_positions(prompt, [k])[0], decode])[None]  # (1, L + T - 1)
         with torch.no_grad():
             logits = ad.model(inputs_embeds=embeds, position_ids=pos, attention_mask=torch.ones_like(pos)).logits
         ref = torch.log_softmax(logits[0].float(), -1)[seq.length - 1:].gather(-1, toks[:, None]).squeeze(-1)
-        assert torch.allclose(logp[b, : toks.numel()], ref, atol=1e-5)
-        assert mask[b].sum() == toks.numel()
-    lp, _ = completion_logprobs(ad, seqs[:1], gen.token_ids[:1])
+        pairs.append((logp[b, : toks.numel()], ref))
+    return pairs, mask, gen.token_ids, seqs
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_completion_logprobs_match_the_reference_and_carry_gradients(model, request):
+    ad = request.getfixturevalue(model)
+    pairs, mask, completions, seqs = _completion_vs_reference(ad)
+    for b, (logp, ref) in enumerate(pairs):
+        assert torch.allclose(logp, ref, atol=1e-5)
+        assert mask[b].sum() == completions[b].numel()
+    lp, _ = completion_logprobs(ad, seqs[:1], completions[:1])
     lp.sum().backward()
     assert ad.model.lm_head.weight.grad is not None and ad.model.lm_head.weight.grad.abs().sum() > 0
     ad.model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("plant", ["reindexed", "decode_after_length"])
+def test_completion_logprobs_check_notices_wrong_positions(sensitive_huatuo, plant, monkeypatch):
+    if plant == "decode_after_length":
+        plant_decode_after_length(monkeypatch)
+    with torch.no_grad():
+        pairs, *_ = _completion_vs_reference(sensitive_huatuo, reindexed if plant == "reindexed" else _same)
+    assert max((logp - ref).abs().max().item() for logp, ref in pairs) > 0.1  # nats; the real check allows 1e-5
 
 
 # ------------------------------------------------------------------------------------------ commands

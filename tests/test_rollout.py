@@ -175,10 +175,10 @@ def test_sparse_rollouts_see_only_the_tokens_their_parent_boxes_keep(tiny_adapte
     samples = _phantom(1)
     texts = ["<think>t</think><box>[[0.0,0.0,0.5,0.5]]</box><answer>yes</answer>", "<answer>no</answer>"]
 
-    def fake_generate(adapter, seqs, sampling=None, generator=None, sync=None):  # grounding: fixed texts, sparse: real
+    def fake_generate(adapter, seqs, sampling=None, generator=None):  # grounding: fixed texts, sparse: real
         if len(seqs) == 2:
             return Generation([torch.tensor([5, 6])] * 2, texts, [True, True])
-        return real_generate(adapter, seqs, sampling, generator, sync)
+        return real_generate(adapter, seqs, sampling, generator)
 
     real_generate = ro.generate
     monkeypatch.setattr(ro, "generate", fake_generate)

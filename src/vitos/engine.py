@@ -99,8 +99,10 @@ def generate(
 
     sync: for sharded weights (FSDP, ZeRO-3) every rank must make the same number of forward calls;
     `sync(local_done) -> all_done` is called once per token and the loop runs until every rank is done
-    (finished rows keep feeding pad tokens, as transformers' `synced_gpus`). None: stop when local rows are.
+    (finished rows keep feeding pad tokens, as transformers' `synced_gpus`). None: the adapter's own
+    `generation_sync` (the trainer's `PolicyView` sets it under sharded weights), else stop when local rows are.
     """
+    sync = sync if sync is not None else getattr(adapter, "generation_sync", None)
     from transformers import DynamicCache
 
     cfg = sampling or SamplingConfig()

@@ -13,6 +13,18 @@ tokenizer is trained here, deterministically, on a small built-in corpus (byte-l
 text; the corpus only decides which strings get short encodings).
 
 Run:  vitos tiny-model /tmp/tiny  &&  vitos infer --model /tmp/tiny --image scan.png --question "..."
+
+Position-sensitive variant (`write_tiny_model(out, position_sensitive=True)`, tests only): a randomly
+initialised tiny model is nearly position-blind. Its q/k projections (std 0.02) give attention logits of
+~0.01, so attention is almost uniform whatever the rotary angles, and its LM head (std 0.02) gives
+near-uniform next-token distributions: re-indexing the kept visual tokens 0..L-1 instead of keeping their
+original M-RoPE positions moves the next-token log-probs by ~0.002 nat and never changes a greedy token, so
+a test comparing pruned generation to a reference could pass with positions wrong. `make_position_sensitive`
+scales the language model's q/k projections by 8 (attention logits x 64: sharp, position-dependent
+attention) and the LM head by 20 (log-probs spread over several nats), and the variant lowers rope_theta to
+100 so every M-RoPE section (the w section gets the lowest frequencies) turns by a useful angle over a
+16-token image row. Re-indexing then moves the next-token log-probs by ~5 nat (see tests/test_engine.py).
+Same seed -> the same weights as the default model except for those scaled tensors.
 """
 
 from __future__ import annotations
@@ -110,8 +122,34 @@ QWEN05B_SHAPE = dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4
 tower, for CPU benchmarks (random weights, tiny vocabulary)."""
 
 
+POSITION_SENSITIVE = dict(qk_scale=8.0, head_scale=20.0, rope_theta=100.0)
+"""What `position_sensitive=True` applies (both tiny families): see the module docstring."""
+
+
+def make_position_sensitive(model, qk_scale: float = POSITION_SENSITIVE["qk_scale"],
+                            head_scale: float = POSITION_SENSITIVE["head_scale"]):
+    """Scale, in place, the q/k projections (weights and biases) of every language-model attention layer by
+    `qk_scale` and the LM head by `head_scale`; returns `model`.
+
+    Works on any `*ForConditionalGeneration` whose text model is `model.model.language_model` (Qwen2.5-VL,
+    LLaVA). The vision tower and everything else keep their random init. Attention logits grow by
+    qk_scale**2, so attention weights depend strongly on the rotary angles, i.e. on positions; the head
+    turns the resulting hidden-state differences into log-prob differences of several nats. rope_theta is a
+    config field (the rotary frequencies are built from it at load time), so the writers set it separately.
+    """
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                proj.weight.mul_(qk_scale)
+                if proj.bias is not None:
+                    proj.bias.mul_(qk_scale)
+        model.lm_head.weight.mul_(head_scale)
+    return model
+
+
 def tiny_config(vocab_size: int, token_ids: dict[str, int], hidden: int = 64, layers: int = 2, vision_depth: int = 2,
-                heads: int = 4, kv_heads: int = 2, intermediate: int | None = None, vision_hidden: int | None = None):
+                heads: int = 4, kv_heads: int = 2, intermediate: int | None = None, vision_hidden: int | None = None,
+                rope_theta: float = 10000.0):
     """A Qwen2.5-VL config small enough for CPU tests; every structural feature of the 7B model is kept
     (window + full attention blocks in the vision tower, 2x2 merger, M-RoPE with 3 sections, GQA)."""
     from transformers import Qwen2_5_VLConfig
@@ -129,7 +167,7 @@ def tiny_config(vocab_size: int, token_ids: dict[str, int], hidden: int = 64, la
             num_attention_heads=heads,
             num_key_value_heads=kv_heads,
             max_position_embeddings=4096,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
             bos_token_id=token_ids["<|endoftext|>"],
             eos_token_id=token_ids["<|im_end|>"],
             pad_token_id=token_ids["<|endoftext|>"],
@@ -167,11 +205,15 @@ def write_tiny_model(
     kv_heads: int = 2,
     intermediate: int | None = None,
     vision_hidden: int | None = None,
+    position_sensitive: bool = False,
 ) -> Path:
     """Write a tiny random Qwen2.5-VL checkpoint (safetensors + tokenizer + processor) to `out_dir`.
 
     Same seed -> identical weights. `image_max_pixels` caps the processor's resize so a CPU forward
     stays fast (448x448 -> 16x16 = 256 merged visual tokens at most).
+    `position_sensitive=True`: q/k projections x8, LM head x20, rope_theta 100 (`make_position_sensitive`,
+    module docstring): a model whose outputs notice wrong positions, for tests. The default (False) writes
+    exactly what it always did.
     """
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -180,10 +222,13 @@ def write_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_tokenizer(vocab_size)
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    theta = {"rope_theta": POSITION_SENSITIVE["rope_theta"]} if position_sensitive else {}
     config = tiny_config(len(tok), ids, hidden=hidden, layers=layers, vision_depth=vision_depth, heads=heads,
-                         kv_heads=kv_heads, intermediate=intermediate, vision_hidden=vision_hidden)
+                         kv_heads=kv_heads, intermediate=intermediate, vision_hidden=vision_hidden, **theta)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
+    if position_sensitive:
+        make_position_sensitive(model)
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(out, safe_serialization=True)

@@ -18,6 +18,10 @@ padded past the tokenizer (like Qwen2-7B's 152064 rows for 151646 tokens) so `<i
 
     from vitos.models.tiny_huatuo import write_tiny_huatuo
     write_tiny_huatuo("/tmp/tiny-huatuo")     # then: vitos infer --model /tmp/tiny-huatuo --image x.png ...
+
+`position_sensitive=True` (tests only) writes the variant whose outputs notice wrong positions: q/k projections
+x8, LM head x20, rope_theta 100 (`vitos.models.tiny.make_position_sensitive`; the module docstring of
+`vitos.models.tiny` says why a random tiny model is otherwise nearly position-blind).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ TOWER_DIR = "clip_vision"
 
 
 def tiny_huatuo_configs(vocab_size: int, bos_eos_id: int, hidden: int = 64, layers: int = 2,
-                        vision_hidden: int = 32, vision_layers: int = 2) -> tuple[dict[str, Any], Any]:
+                        vision_hidden: int = 32, vision_layers: int = 2,
+                        rope_theta: float = 1000000.0) -> tuple[dict[str, Any], Any]:
     """(original config.json dict, CLIPVisionConfig) of a tiny HuatuoGPT-Vision; every structural feature of
     the 7B model is kept (select layer -2 of a deeper tower, GQA, untied head, 336 px / 14 px grid)."""
     from transformers import CLIPVisionConfig
@@ -59,7 +64,7 @@ def tiny_huatuo_configs(vocab_size: int, bos_eos_id: int, hidden: int = 64, laye
         "num_hidden_layers": layers,
         "num_key_value_heads": 2,
         "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0,
+        "rope_theta": rope_theta,
         "sliding_window": 4096,
         "tie_word_embeddings": False,
         "torch_dtype": "float32",
@@ -85,19 +90,21 @@ def tiny_huatuo_configs(vocab_size: int, bos_eos_id: int, hidden: int = 64, laye
 
 
 def write_tiny_huatuo(
-    out_dir: str | Path, seed: int = 0, ship_vision_tower: bool = True, vocab_size: int = 768
+    out_dir: str | Path, seed: int = 0, ship_vision_tower: bool = True, vocab_size: int = 768,
+    position_sensitive: bool = False,
 ) -> Path:
     """Write a tiny random HuatuoGPT-Vision checkpoint in the original format to `out_dir`.
 
     Same seed -> identical files. `ship_vision_tower=False` leaves the tower out of model.safetensors (some
-    LLaVA releases do), so loading must take it from `clip_vision/`.
+    LLaVA releases do), so loading must take it from `clip_vision/`. `position_sensitive=True`: q/k x8,
+    LM head x20, rope_theta 100 (module docstring); the default writes exactly what it always did.
     """
     from safetensors.torch import save_file
     from transformers import CLIPVisionModel, LlavaForConditionalGeneration
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     from vitos.models.llava_qwen2 import CLIP_VIT_L_336_PREPROCESSOR, llava_config_from_huatuo
-    from vitos.models.tiny import _train_tokenizer
+    from vitos.models.tiny import POSITION_SENSITIVE, _train_tokenizer, make_position_sensitive
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,12 +112,15 @@ def write_tiny_huatuo(
     tok.eos_token = "<|endoftext|>"  # Qwen2 base convention; HuatuoGPT's cli.py pads with EOS too
     tok.chat_template = HUATUO_CHAT_TEMPLATE
     padded_vocab = -(-(len(tok) + 1) // 64) * 64  # room for the <image> token the loader adds
-    original, vision = tiny_huatuo_configs(padded_vocab, tok.convert_tokens_to_ids("<|endoftext|>"))
+    theta = {"rope_theta": POSITION_SENSITIVE["rope_theta"]} if position_sensitive else {}
+    original, vision = tiny_huatuo_configs(padded_vocab, tok.convert_tokens_to_ids("<|endoftext|>"), **theta)
 
     # The model in transformers' layout, then written under the original names.
     config = llava_config_from_huatuo(original, vision, image_token_id=len(tok))
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
+    if position_sensitive:
+        make_position_sensitive(model)
     state = {llava_key_to_huatuo(k): v.contiguous() for k, v in model.state_dict().items()}
     if not ship_vision_tower:
         state = {k: v for k, v in state.items() if not k.startswith("model.vision_tower.")}

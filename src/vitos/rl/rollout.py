@@ -25,6 +25,7 @@ cross-feedback of the tokens O_i kept. Rows without ground-truth boxes skip IoU 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,16 @@ class StepRollouts:
         start = sum(len(ims) for ims in self.images[:question])
         return list(range(start, start + len(self.images[question])))
 
+    def subset(self, questions: list[int]) -> "StepRollouts":
+        """The rollout trees of some questions only (renumbered 0..k-1), e.g. one data-parallel rank's share."""
+        g, g2 = self.group_size, self.sparse_group_size
+        out = StepRollouts([self.samples[q] for q in questions], [self.images[q] for q in questions],
+                           [self.encoded[q] for q in questions], [self.prompts[q] for q in questions], g, g2)
+        for new, q in enumerate(questions):
+            out.grounding += [dataclasses.replace(o, question=new) for o in self.grounding[q * g : (q + 1) * g]]
+            out.sparse += [dataclasses.replace(o, question=new) for o in self.sparse[q * g * g2 : (q + 1) * g * g2]]
+        return out
+
     @property
     def flat_encoded(self) -> list[EncodedImage]:
         return [e for enc in self.encoded for e in enc]
@@ -140,10 +151,9 @@ def _sample(adapter: ModelAdapter, seqs: list[SequenceInputs], cfg: RolloutSecti
     Returns per row: token ids (T,), text, stopped, sampling-time log-probs (T,)."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
     size = cfg.generation_batch_size or len(seqs)
-    sync = getattr(adapter, "generation_sync", None)  # PolicyView under sharded weights: ranks step together
     ids, texts, stopped, logprobs = [], [], [], []
     for k in range(0, len(seqs), size):
-        gen = generate(adapter, seqs[k : k + size], sampling, generator, sync=sync)
+        gen = generate(adapter, seqs[k : k + size], sampling, generator)  # PolicyView: ranks step together when sharded
         ids += gen.token_ids
         texts += gen.texts
         stopped += gen.stopped
