@@ -237,6 +237,13 @@ def test_quick_demo_end_to_end(tmp_path):
     # Grounding after RL: within noise of the warm start here (README: RL on a CPU budget does not move it).
     assert summary["miou_rl"] > summary["miou_warm_start"] - 0.02
     assert summary["miou_warm_start"] > 0.38  # the shipped warm start grounds: one box for all scored 0.33
+    # The rollout-vs-trainer alarm (issue 11): this warm start really prunes, and every sampled token's
+    # update-time log-prob equals its sampling-time one, in both branches, at every step.
+    records = [json.loads(line) for line in (tmp_path / "run" / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["kept_token_ratio"] for r in records) < 0.5
+    for branch in ("grounding", "sparse"):
+        diffs = [r[f"{branch}/logprob_diff_max"] for r in records]
+        assert None not in diffs and max(diffs) <= 1e-3, branch
     for name in ("reward_curves.png", "accuracy_vs_kept.png", "summary.md"):
         assert (tmp_path / "run" / name).is_file()
     assert len(list((tmp_path / "run" / "overlays").glob("*.png"))) == QUICK_PRESET["n_overlays"]
