@@ -25,7 +25,7 @@ from vitos.rl import rollout as ro
 from vitos.rl.update import Updater, branch_rows
 from vitos.config import load_config
 
-from conftest import random_image
+from conftest import random_image, reindexed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -141,6 +141,17 @@ def test_planted_view_and_temperature_bugs_are_detected(setup):
     assert _max_diff(policy, step, "grounding", keeps_of=lambda o: o.keeps) > 1e-3  # the old trainer's bug
     assert _max_diff(policy, step, "sparse", keeps_of=lambda o: [None] * len(o.keeps)) > 1e-3
     assert _max_diff(policy, step, "sparse", temperature=1.0) > 1e-3
+
+
+def test_planted_reindexed_positions_in_scoring_are_detected(setup, monkeypatch):
+    """Liveness for positions (position-sensitive models): re-scoring the pruned sparse view with plain
+    0..L-1 positions instead of the kept tokens' original ones breaks the invariant."""
+    import vitos.rl.policy as policy_module
+
+    acc, policy, _, _, step = setup
+    original = policy_module.assemble
+    monkeypatch.setattr(policy_module, "assemble", lambda *a, **k: reindexed(original(*a, **k)))
+    assert _max_diff(policy, step, "sparse") > 1e-3
 
 
 def test_update_logs_the_rollout_vs_trainer_alarm_per_branch(model_dir):
