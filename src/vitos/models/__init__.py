@@ -13,6 +13,7 @@ module (`vitos.models.llava_qwen2`). docs/adding_a_model_family.md says how to a
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,8 @@ class Family:
     description: str
     """Which checkpoints this is, for error messages and docs."""
     loader: str
-    """'module:function' with signature (name_or_path, dtype, device, attn_implementation) -> ModelAdapter."""
+    """'module:function' with signature (name_or_path, dtype, device, attn_implementation) -> ModelAdapter
+    (plus an optional `max_pixels` keyword for families whose image size is configurable)."""
     config: str | None = None
     """'module:function' name_or_path -> transformers config, for custom-code types; None = AutoConfig."""
 
@@ -137,8 +139,15 @@ def load_model(
     dtype: str | torch.dtype = "auto",
     device: str = "auto",
     attn_implementation: str = "sdpa",
+    max_pixels: int | None = None,
 ) -> ModelAdapter:
-    """Load a supported VLM and wrap it in its family adapter (eval mode; the trainer switches modes)."""
+    """Load a supported VLM and wrap it in its family adapter (eval mode; the trainer switches modes).
+
+    max_pixels: cap on the pixels an image is resized to (Qwen2.5-VL: the image processor's max_pixels /
+    `size.longest_edge`, so at most max_pixels / (28 x 28) visual tokens per image); None keeps the
+    checkpoint's preprocessor_config.json. Families with a fixed input size (LLaVA / HuatuoGPT-Vision:
+    336 x 336, 576 tokens) ignore it: only loaders that take a `max_pixels` keyword receive it.
+    """
     raw = read_raw_config(name_or_path)
     # The raw model_type first: AutoConfig cannot read custom-code types such as llava_qwen2.
     model_type = raw.get("model_type") if raw is not None else getattr(read_config(name_or_path), "model_type", None)
@@ -148,11 +157,16 @@ def load_model(
             f"{name_or_path!r} has model_type {model_type!r}, which vitos does not support. "
             f"Supported: {', '.join(f'{k} ({v})' for k, v in SUPPORTED_MODEL_TYPES.items())}."
         )
-    return _resolve(family.loader)(name_or_path, resolve_dtype(dtype), resolve_device(device), attn_implementation)
+    loader = _resolve(family.loader)
+    extra: dict[str, Any] = {}
+    if max_pixels is not None and "max_pixels" in inspect.signature(loader).parameters:
+        extra["max_pixels"] = max_pixels
+    return loader(name_or_path, resolve_dtype(dtype), resolve_device(device), attn_implementation, **extra)
 
 
 def _load_qwen2_5_vl(
-    name_or_path: str, dtype: torch.dtype, device: torch.device, attn_implementation: str
+    name_or_path: str, dtype: torch.dtype, device: torch.device, attn_implementation: str,
+    max_pixels: int | None = None,
 ) -> ModelAdapter:
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -166,6 +180,12 @@ def _load_qwen2_5_vl(
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
     image_processor = Qwen2VLImageProcessorPil.from_pretrained(name_or_path)
+    if max_pixels is not None:  # resize cap: at most max_pixels / (28 x 28) merged visual tokens per image
+        if max_pixels < 28 * 28:
+            raise ValueError(f"max_pixels {max_pixels} is below one 28 x 28 visual token")
+        low = min(int(image_processor.size.shortest_edge or max_pixels), max_pixels)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(
+            name_or_path, size={"shortest_edge": low, "longest_edge": max_pixels})
     return QwenVLAdapter(model, tokenizer, image_processor)
 
 

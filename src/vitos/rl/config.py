@@ -48,6 +48,11 @@ class ModelSection:
     """Freeze the vision tower and merger. Must be True with LoRA (the adapters sit on the LM only)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower update)."""
+    max_pixels: int | None = None
+    """Qwen2.5-VL: cap on the pixels an image is resized to (the processor's max_pixels / longest_edge),
+    so one image gives at most max_pixels / (28 x 28) visual tokens (1003520 = 1280 tokens). None = the
+    checkpoint's preprocessor_config.json (Qwen2.5-VL's: 12845056 = 16384 tokens). LLaVA
+    (HuatuoGPT-Vision) ignores it: its image is always 336 x 336 = 576 tokens."""
 
 
 @dataclass

@@ -79,7 +79,8 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     samples, n_skipped = _load_data(cfg, acc)
 
     # --- policy, optimiser, schedule --------------------------------------------------------------
-    adapter = load_model(_model_path(cfg, acc), load_dtype, device=str(acc.device), attn_implementation=cfg.model.attn)
+    adapter = load_model(_model_path(cfg, acc), load_dtype, device=str(acc.device), attn_implementation=cfg.model.attn,
+                         max_pixels=cfg.model.max_pixels)
     m = cfg.model
     policy = build_policy(adapter, cfg.prune, m.lora, m.lora_r, m.lora_alpha, m.lora_dropout, m.freeze_vision,
                           m.gradient_checkpointing, need_reference=cfg.grpo.beta > 0,
@@ -342,12 +343,21 @@ def _mean_over_processes(metrics: dict[str, Any], acc: Any) -> dict[str, Any]:
 
 
 def main_train(argv: list[str]) -> int:
-    """`vitos train --config FILE [--resume RUN_OR_CKPT] [key=value ...]` / `vitos train --help-config`."""
+    """`vitos train --config FILE [--resume RUN_OR_CKPT] [key=value ...]` / `vitos train --help-config`;
+    `--dry-run [--accelerate-config FILE] [--num-processes N] [--gpu-memory-gb 80]`: memory estimate only."""
     p = argparse.ArgumentParser(prog="vitos train", description="ViToS dual-stream GRPO training.")
     p.add_argument("--config", help="YAML file of TrainConfig values (e.g. configs/tiny_cpu.yaml)")
     p.add_argument("--resume", help="run directory (latest checkpoint) or checkpoints/step-N folder")
     p.add_argument("--help-config", action="store_true", help="list every config key, its default and meaning")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.name=joint rollout.group_size=4")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model on the meta device (config.json only), print the per-GPU memory and disk "
+                        "estimate and exit (0 = fits, 1 = does not fit) without training")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="--dry-run: memory of one GPU in GiB (default 80)")
+    p.add_argument("--num-processes", type=int, default=None,
+                   help="--dry-run: processes (GPUs); overrides the accelerate config's num_processes")
+    p.add_argument("--accelerate-config", metavar="FILE", default=None,
+                   help="--dry-run: accelerate config yaml to read distributed type, mixed precision and process count from")
     args = p.parse_args(argv)
     if args.help_config:
         for key, default, doc in describe(TrainConfig):
@@ -358,6 +368,13 @@ def main_train(argv: list[str]) -> int:
         if config_path is None and args.resume:  # resume alone: the checkpoint's own config
             config_path = str(find_checkpoint(args.resume) / "config.yaml")
         cfg = load_config(TrainConfig, config_path, args.overrides)
+        if args.dry_run:  # returns before anything of training starts (no Accelerator, no weights, no run dir)
+            from vitos.rl.estimate import dry_run, read_launch
+
+            validate(cfg)
+            report, fits = dry_run(cfg, read_launch(args.accelerate_config, args.num_processes), args.gpu_memory_gb)
+            print(report)
+            return 0 if fits else 1
         final = train(cfg, resume=args.resume)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
         print(f"vitos train: error: {err}", file=sys.stderr)
