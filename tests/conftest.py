@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,25 @@ from PIL import Image
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never download
 
-VQA_RAD = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "vqa_rad")
+VQA_RAD_SUBSET = Path(__file__).resolve().parent / "data" / "vqa_rad"
+"""11 VQA-RAD images + their 85 QA records, shipped with the tests (CC0; see its PROVENANCE.md)."""
+VQA_RAD_JSON = "VQA_RAD Dataset Public.json"
+
+
+def vqa_rad_path() -> Path:
+    """The VQA-RAD folder every test reads: $VITOS_VQA_RAD_DIR (e.g. the full release, the optional larger run)
+    when set, else the shipped subset. A set variable that points at no release is an error, not a skip."""
+    env = os.environ.get("VITOS_VQA_RAD_DIR")
+    if not env:
+        return VQA_RAD_SUBSET
+    path = Path(env).expanduser().resolve()
+    if not (path / VQA_RAD_JSON).is_file():
+        raise pytest.UsageError(f"VITOS_VQA_RAD_DIR={env!r}: no {VQA_RAD_JSON!r} in {path} (unset it to use {VQA_RAD_SUBSET})")
+    return path
+
+
+def vqa_rad_is_subset(path: Path) -> bool:
+    return Path(path).resolve() == VQA_RAD_SUBSET
 
 
 @pytest.fixture(scope="session")
@@ -87,11 +106,9 @@ def random_image(w: int, h: int, seed: int = 0) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
-def vqa_rad_dir():
-    path = os.path.abspath(VQA_RAD)
-    if not os.path.isdir(path):
-        pytest.skip("../shared/data/vqa_rad is not present beside the checkout")
-    return path
+def vqa_rad_dir() -> str:
+    """VQA-RAD in its OSF layout: the shipped subset, or $VITOS_VQA_RAD_DIR (see `vqa_rad_path`)."""
+    return str(vqa_rad_path())
 
 
 # ---------------------------------------------------------------------------- positions: truth and planted bugs

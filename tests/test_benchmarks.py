@@ -1,4 +1,5 @@
-"""Benchmark loaders: VQA-RAD on the real shipped release, the others on tiny fixtures in their original format.
+"""Benchmark loaders: VQA-RAD on real release files (the subset shipped in tests/data/vqa_rad, or the full
+release given by $VITOS_VQA_RAD_DIR), the others on tiny fixtures in their original format.
 
 Each fixture is written here (PNG/JPEG via PIL, JSON, CSV, parquet via pyarrow), read back through the
 loader, and checked field by field against values written by hand; a broken copy must fail with an error
@@ -19,14 +20,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import vqa_rad_is_subset, vqa_rad_path
 from vitos.eval.benchmarks import BENCHMARKS, MalformedDataError, format_prompt, get_benchmark
 from vitos.eval.benchmarks.slake import Slake
 
-VQA_RAD_DIR = Path(os.environ.get("VITOS_VQA_RAD_DIR", Path(__file__).resolve().parents[2] / "shared/data/vqa_rad"))
-needs_vqa_rad = pytest.mark.skipif(
-    not (VQA_RAD_DIR / "VQA_RAD Dataset Public.json").is_file(),
-    reason=f"VQA-RAD release not found at {VQA_RAD_DIR} (set VITOS_VQA_RAD_DIR)",
-)
+VQA_RAD_DIR = vqa_rad_path()  # the shipped subset, or $VITOS_VQA_RAD_DIR (the full release)
+# Counts by hand: the full release from its PROVENANCE.md, the subset from tests/data/vqa_rad/PROVENANCE.md.
+VQA_RAD_COUNTS = {
+    "full": dict(test=451, test_freeform=308, yes_no=251, open=200, closed=272, open_type=179, train=1797),
+    "subset": dict(test=28, test_freeform=19, yes_no=16, open=12, closed=17, open_type=11, train=57),
+}["subset" if vqa_rad_is_subset(VQA_RAD_DIR) else "full"]
 
 
 def write_image(path: Path, size: tuple[int, int] = (32, 16), color: str = "red") -> Path:
@@ -90,22 +93,21 @@ def test_hub_loading_without_network_or_package_says_to_pass_data_dir(tmp_path, 
 # =============================================================================================== VQA-RAD (real)
 
 
-@needs_vqa_rad
 def test_vqa_rad_test_split_counts_match_the_release():
+    n = VQA_RAD_COUNTS
     samples = BENCHMARKS["vqa_rad"].load(str(VQA_RAD_DIR), split="test")
-    assert len(samples) == 451  # 308 test_freeform + 143 test_para
-    assert sum(s.meta["phrase_type"] == "test_freeform" for s in samples) == 308
-    # PROVENANCE.md: yes/no answers 251 / 200 others; OSF answer_type 272 CLOSED / 179 OPEN
-    assert sum(s.kind == "yes_no" for s in samples) == 251
-    assert sum(s.kind == "open" for s in samples) == 200
-    assert sum(s.meta["answer_type"] == "CLOSED" for s in samples) == 272
-    assert sum(s.meta["answer_type"] == "OPEN" for s in samples) == 179
-    assert len({s.id for s in samples}) == 451
+    assert len(samples) == n["test"]  # full release: 308 test_freeform + 143 test_para
+    assert sum(s.meta["phrase_type"] == "test_freeform" for s in samples) == n["test_freeform"]
+    # PROVENANCE.md: yes/no answers 251 / 200 others; OSF answer_type 272 CLOSED / 179 OPEN (full release)
+    assert sum(s.kind == "yes_no" for s in samples) == n["yes_no"]
+    assert sum(s.kind == "open" for s in samples) == n["open"]
+    assert sum(s.meta["answer_type"] == "CLOSED" for s in samples) == n["closed"]
+    assert sum(s.meta["answer_type"] == "OPEN" for s in samples) == n["open_type"]
+    assert len({s.id for s in samples}) == n["test"]
     assert all(len(s.images) == 1 and os.path.isabs(s.images[0]) and os.path.isfile(s.images[0]) for s in samples)
     assert all(s.answer in ("yes", "no") for s in samples if s.kind == "yes_no")
 
 
-@needs_vqa_rad
 def test_vqa_rad_known_rows_by_hand():
     samples = {s.id: s for s in BENCHMARKS["vqa_rad"].load(str(VQA_RAD_DIR), split="test")}
     first = samples["10"]
@@ -117,10 +119,9 @@ def test_vqa_rad_known_rows_by_hand():
     assert para.question == "Is there cardiomegaly present?"
 
 
-@needs_vqa_rad
 def test_vqa_rad_train_split_survives_the_quirks():
     samples = {s.id: s for s in BENCHMARKS["vqa_rad"].load(str(VQA_RAD_DIR), split="train")}
-    assert len(samples) == 1797
+    assert len(samples) == VQA_RAD_COUNTS["train"]
     assert (samples["0"].answer, samples["0"].kind) == ("yes", "yes_no")  # qid "0" is a string, answer "Yes"
     assert (samples["1511"].answer, samples["1511"].kind) == ("4", "open")  # int answer
     assert samples["2234"].answer == "12"
@@ -129,7 +130,6 @@ def test_vqa_rad_train_split_survives_the_quirks():
     assert samples["2156"].answer == "Maybe" and samples["2156"].kind == "open"
 
 
-@needs_vqa_rad
 def test_vqa_rad_limit_keeps_file_order_and_prompts_follow_the_kind():
     bench = BENCHMARKS["vqa_rad"]
     five = bench.load(str(VQA_RAD_DIR), split="test", limit=5)
@@ -139,7 +139,6 @@ def test_vqa_rad_limit_keeps_file_order_and_prompts_follow_the_kind():
     assert bench.prompt(open_sample).endswith("\nAnswer with a concise phrase.")
 
 
-@needs_vqa_rad
 def test_vqa_rad_malformed_copy_names_file_row_and_field(tmp_path):
     records = json.loads((VQA_RAD_DIR / "VQA_RAD Dataset Public.json").read_text(encoding="utf-8"))[:3]
     del records[2]["answer"]

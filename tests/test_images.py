@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import vqa_rad_path
 from vitos.images import ImageError, load_image
 
-REAL_JPEG = Path("/work/shared/data/vqa_rad/images/synpic54610.jpg")
+REAL_JPEG = vqa_rad_path() / "images" / "synpic54610.jpg"  # shipped subset or $VITOS_VQA_RAD_DIR
 
 
 def _rgb(image: Image.Image) -> np.ndarray:
@@ -117,8 +118,6 @@ def test_in_memory_images_are_converted_and_copied():
 
 
 def test_real_vqa_rad_jpeg_loads():
-    if not REAL_JPEG.exists():
-        pytest.skip(f"{REAL_JPEG} not present on this machine")
     out = load_image(REAL_JPEG)
     with Image.open(REAL_JPEG) as raw:
         assert out.size == raw.size
