@@ -60,6 +60,9 @@ from typing import Any
 
 import torch
 
+from vitos.study.evaluate import baseline_keeps  # noqa: F401  (re-exported: one set of baselines for demo and study)
+from vitos.study.plots import moving_average, plot_accuracy_vs_kept, plot_reward_curves, save_overlays  # noqa: F401
+
 QUICK_PRESET: dict[str, Any] = {
     "reuse_warm_start": "builtin",
     "n_train": 160,
@@ -235,17 +238,6 @@ def reward_rise(values: list[float]) -> tuple[float, float] | None:
     return fmean(vals[:k]), fmean(vals[-k:])
 
 
-def moving_average(values: list[float], window: int) -> list[float]:
-    """Trailing mean over up to `window` points (same length as `values`)."""
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Markdown table of evaluation rows {name, accuracy, relative, kept, miou, latency_ms}."""
     head = "| mode | accuracy | relative perf. | kept visual tokens | grounding mIoU | latency ms/question |"
@@ -267,96 +259,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _box_iou(pred: list[list[float]], gt: list[list[float]]) -> float:
-    from vitos.rl.rewards import box_iou_reward
+def eval_settings(cfg: DemoConfig) -> Any:
+    """The demo's decoding and pruning settings for the shared evaluation (vitos.study.evaluate)."""
+    from vitos.study.evaluate import EvalSettings
 
-    return box_iou_reward(pred, gt) or 0.0
-
-
-def evaluate_mode(
-    adapter: Any,
-    samples: list[Any],
-    images: list[list[Any]],
-    mode: str,
-    cfg: DemoConfig,
-    keeps: list[list[torch.Tensor | None]] | None = None,
-    fusion: str | None = None,
-) -> dict[str, Any]:
-    """Run one mode over the test set; returns summary figures and per-sample records."""
-    from vitos.answers import judge
-    from vitos.engine import SamplingConfig
-    from vitos.pipeline import PruneConfig, run
-    from vitos.prompts import parse_output
-
-    prune = PruneConfig(margin=cfg.margin, min_keep=cfg.min_keep, fusion=fusion or cfg.fusion)  # type: ignore[arg-type]
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
-    answers, seconds = [], 0.0
-    for k in range(0, len(samples), cfg.eval_batch_size):
-        chunk = slice(k, k + cfg.eval_batch_size)
-        t0 = time.perf_counter()
-        answers += run(adapter, samples[chunk], mode="full" if keeps is not None else mode, prune=prune,  # type: ignore[arg-type]
-                       sampling=sampling, images=images[chunk], keeps_override=keeps[chunk] if keeps is not None else None)
-        seconds += time.perf_counter() - t0
-    records = []
-    for s, a in zip(samples, answers):
-        records.append({
-            "id": s.id,
-            "question_type": s.meta.get("question_type"),
-            "correct": judge(a.answer or "", s).correct,
-            "answer": a.answer,
-            "reference": s.answer,
-            "boxes": a.boxes,
-            "iou": _box_iou(a.boxes, s.boxes) if mode == "vitos" and keeps is None else None,
-            # The grounding pass also answers, from ALL visual tokens: a second full-token figure.
-            "grounding_correct": (judge(parse_output(a.grounding_text, "grounding").answer or "", s).correct
-                                  if a.grounding_text is not None else None),
-            "visual_tokens_kept": a.visual_tokens_kept,
-            "visual_tokens_total": a.visual_tokens_total,
-            "fallback": a.fallback,
-            "keep_masks": a.keep_masks,
-            "grounding_text": a.grounding_text,
-            "answer_text": a.answer_text,
-        })
-    n = max(1, len(records))
-    ious = [r["iou"] for r in records if r["iou"] is not None]
-    by_type: dict[str, list[bool]] = {}
-    for r in records:
-        by_type.setdefault(str(r["question_type"]), []).append(r["correct"])
-    grounding = [r["grounding_correct"] for r in records if r["grounding_correct"] is not None]
-    return {
-        "accuracy": sum(r["correct"] for r in records) / n,
-        "accuracy_grounding_pass": sum(grounding) / len(grounding) if grounding else None,
-        "kept": sum(r["visual_tokens_kept"] for r in records) / max(1, sum(r["visual_tokens_total"] for r in records)),
-        "miou": fmean(ious) if ious else None,
-        "latency_ms": 1e3 * seconds / n,
-        "fallbacks": sum(r["fallback"] is not None for r in records),
-        "accuracy_by_type": {t: sum(v) / len(v) for t, v in sorted(by_type.items())},
-        "records": records,
-    }
+    return EvalSettings(margin=cfg.margin, min_keep=cfg.min_keep, fusion=cfg.fusion, max_new_tokens=cfg.max_new_tokens,
+                        batch_size=cfg.eval_batch_size)
 
 
-def baseline_keeps(name: str, encoded: list[list[Any]], budgets: list[int], seed: int,
-                   num_contextual: int = 4) -> list[list[torch.Tensor]]:
-    """Keep masks of a training-free baseline, per sample and image, at per-sample `budgets` (visual tokens)."""
-    from vitos.eval.baselines import center_keep, random_keep, split_budget, visionzip_keep
+def evaluate_mode(adapter: Any, samples: list[Any], images: list[list[Any]], mode: str, cfg: DemoConfig,
+                  keeps: list[list[torch.Tensor | None]] | None = None, fusion: str | None = None) -> dict[str, Any]:
+    """One row of the shared evaluation (vitos.study.evaluate.evaluate_mode) with the demo's settings."""
+    from vitos.study.evaluate import evaluate_mode as shared
 
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for enc, budget in zip(encoded, budgets):
-        parts = split_budget(budget, [e.num_tokens for e in enc])
-        masks = []
-        for e, b in zip(enc, parts):
-            if name == "center":
-                masks.append(center_keep(e.grid_hw, b))
-            elif name == "random":
-                masks.append(random_keep(e.grid_hw, b, gen))
-            elif name == "visionzip":
-                masks.append(visionzip_keep(e.features, e.grid_hw, b, num_contextual))
-            else:
-                raise ValueError(f"unknown demo baseline {name!r}; use center, random or visionzip "
-                                 "(fastv needs prompts: run `vitos eval --mode fastv`)")
-        out.append(masks)
-    return out
+    return shared(adapter, samples, images, mode, eval_settings(cfg), keeps, fusion)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -631,101 +547,6 @@ def check_targets(s: dict[str, Any]) -> dict[str, bool | None]:
         "grounding_reward_rises": rose("grounding"),
         "sparse_reward_rises": rose("sparse"),
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Plots and overlays
-# --------------------------------------------------------------------------------------------------
-
-
-def plot_reward_curves(curve: list[dict[str, Any]], path: Path) -> None:
-    """Mean reward per RL step of each branch (thin) and its moving average (thick); IoU and kept ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["step"] for m in curve]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    window = max(2, len(steps) // 6)
-    for b, colour in (("grounding", "tab:blue"), ("sparse", "tab:orange")):
-        ys = [m.get(f"{b}/reward") for m in curve]
-        if not ys or any(y is None for y in ys):
-            continue
-        axes[0].plot(steps, ys, color=colour, alpha=0.3, lw=1)
-        axes[0].plot(steps, moving_average(ys, window), color=colour, lw=2, label=f"{b} branch")
-    axes[0].set(xlabel="RL step", ylabel="mean reward", title="reward per branch")
-    axes[0].legend()
-    for key, colour, label in (("grounding/iou", "tab:green", "grounding IoU"),
-                               ("sparse/accuracy", "tab:red", "sparse accuracy"),
-                               ("kept_token_ratio", "tab:gray", "kept-token ratio")):
-        ys = [m.get(key) for m in curve]
-        if ys and all(y is not None for y in ys):
-            axes[1].plot(steps, moving_average(ys, window), color=colour, lw=2, label=label)
-    axes[1].set(xlabel="RL step", ylim=(0, 1), title="rollout statistics (moving average)")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_accuracy_vs_kept(rows: list[dict[str, Any]], curve_points: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy against the kept-token ratio of every evaluated mode."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    markers = "o*sD^v<>"
-    for k, r in enumerate(rows):
-        ax.scatter(r["kept"], r["accuracy"], s=140 if "RL" in r["name"] else 70, marker=markers[k % len(markers)],
-                   label=r["name"], zorder=3)
-    if curve_points:
-        pts = sorted(curve_points, key=lambda p: p["kept"])
-        ax.plot([p["kept"] for p in pts], [p["accuracy"] for p in pts], "--", color="gray", zorder=2,
-                label=pts[0]["name"].split("@")[0] + " at fixed ratios")
-    ax.set(xlabel="kept visual tokens (fraction)", ylabel="accuracy", xlim=(0, 1.05), ylim=(0, 1.0),
-           title="MedPhantom test: accuracy vs kept tokens")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def save_overlays(samples: list[Any], images: list[list[Any]], warm: list[dict[str, Any]], rl: list[dict[str, Any]],
-                  folder: Path, n: int) -> list[Path]:
-    """Per test image: [warm start | after RL] overlays of the kept tokens, GT box in white, a caption."""
-    from PIL import Image, ImageDraw
-
-    from vitos.overlay import draw_overlay
-
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for k in range(min(n, len(samples))):
-        s, image = samples[k], images[k][0]
-        panels = []
-        for rec, title in ((warm[k], "warm start"), (rl[k], "after RL")):
-            mask = rec["keep_masks"][0] if rec["keep_masks"] else None
-            panel = draw_overlay(image, rec["boxes"], mask).resize((2 * image.width, 2 * image.height), Image.NEAREST)
-            draw = ImageDraw.Draw(panel)
-            for x1, y1, x2, y2 in s.boxes:  # ground truth, white
-                draw.rectangle([x1 * panel.width, y1 * panel.height, x2 * panel.width - 1, y2 * panel.height - 1],
-                               outline=(255, 255, 255), width=1)
-            verdict = "right" if rec["correct"] else "wrong"
-            draw.text((6, 4), f"{title}: {rec['answer']!s} ({verdict}), IoU {rec['iou'] or 0:.2f}", fill=(255, 255, 0))
-            panels.append(panel)
-        canvas = Image.new("RGB", (sum(p.width for p in panels), panels[0].height + 22), (0, 0, 0))
-        x = 0
-        for p in panels:
-            canvas.paste(p, (x, 22))
-            x += p.width
-        ImageDraw.Draw(canvas).text((6, 5), f"{s.question}  (reference: {s.answer})", fill=(255, 255, 255))
-        path = folder / f"{s.id}.png"
-        canvas.save(path)
-        written.append(path)
-    return written
 
 
 # --------------------------------------------------------------------------------------------------
