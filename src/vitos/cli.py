@@ -6,6 +6,7 @@
     vitos train --config configs/NAME.yaml [key=value ...] [--resume RUN]
     vitos eval --model M --benchmarks vqa_rad,slake,... --mode vitos --out DIR [--limit N] [--data-dir D]
     vitos compare RUN_A RUN_B
+    vitos study [--smoke] [--out DIR] [key=value ...]   seeds x schedules x ablations, intervals, paired tests
 
 train, eval, compare and demo parse their own arguments (`vitos train --help`).
 
@@ -26,6 +27,7 @@ DELEGATED = {
     "eval": ("vitos.eval.runner", "main_eval", "evaluate on the medical VQA benchmarks in one mode"),
     "compare": ("vitos.eval.compare", "main_compare", "relative performance of run A against run B"),
     "demo": ("vitos.demo", "main_demo", "the embedded default on MedPhantom: warm start, RL, evaluation"),
+    "study": ("vitos.study.run", "main_study", "seeds x schedules x reward ablations with intervals and paired tests"),
 }
 
 

@@ -111,3 +111,51 @@ def save_overlays(samples: list[Any], images: list[list[Any]], warm: list[dict[s
         canvas.save(path)
         written.append(path)
     return written
+
+
+def plot_study_rows(rows: list[dict[str, Any]], path: Path, chance: float | None = None) -> None:
+    """Accuracy of every study row with its pooled 95 % interval (error bars) and the majority-answer line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.28 * len(rows) + 1)))
+    ys = list(range(len(rows)))[::-1]
+    acc = [r["accuracy"] for r in rows]
+    err = [[a - r["ci_low"] for a, r in zip(acc, rows)], [r["ci_high"] - a for a, r in zip(acc, rows)]]
+    ax.errorbar(acc, ys, xerr=err, fmt="o", color="tab:blue", ecolor="tab:gray", capsize=3, label="accuracy, 95 % CI")
+    if chance is not None:
+        ax.axvline(chance, color="tab:red", ls="--", lw=1, label=f"per-type majority answer ({chance:.1%})")
+    ax.set_yticks(ys, [r["name"] for r in rows], fontsize=7)
+    ax.set(xlabel="accuracy (pooled over seeds and test questions)", xlim=(0, 1), title="vitos study")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_grad_cosine(runs: list[dict[str, Any]], path: Path) -> None:
+    """cos(grad L_grounding, grad L_sparse) over RL steps, one line per run (colour per variant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    variants = sorted({r["variant"] for r in runs})
+    colours = {v: f"C{k % 10}" for k, v in enumerate(variants)}
+    for v in variants:
+        for k, r in enumerate(x for x in runs if x["variant"] == v):
+            pts = [(s, c) for s, c in r["grad_cosine"] if c is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", ms=3, color=colours[v], alpha=0.7,
+                        label=v if k == 0 else None)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set(xlabel="RL step", ylabel="cos(grad grounding, grad sparse)", ylim=(-1, 1), title="branch gradient cosine")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+

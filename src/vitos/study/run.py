@@ -1,0 +1,271 @@
+"""`vitos study`: does the paper's mechanism earn its result? Seeds x schedules x reward ablations.
+
+    vitos study --smoke --out runs/study-smoke      # CI-sized (minutes): same rows, same files, tiny budgets
+    vitos study --out runs/study [key=value ...]    # the full study (outside CI; see StudyConfig for the grid)
+
+For each seed: one warm start (`warm_start=builtin`: the checkpoint shipped for `vitos demo`, the same for
+every seed — only RL and the test draw change; `warm_start=train`: the demo's warm-start stages per seed),
+then one RL run per variant = (schedule, cross-feedback on/off, IoU reward on/off), each evaluated on the
+same `n_test` test questions (vitos.study.evaluate) with these rows:
+
+    per seed     majority (per-type majority training answer), warm_start/full, warm_start/vitos
+    per run      <variant>/vitos (after RL), <variant>/full (the SAME model, all tokens), <variant>/oracle (GT
+                 boxes), <variant>/constant box (best constant box on the training split), <variant>/center,
+                 /random, /visionzip at that run's per-question ViToS budget
+
+Then (vitos.study.report): every row pooled over seeds with Wilson intervals and seed means with t-intervals;
+paired tests pooled over seeds (after RL vs warm start, ViToS vs center, ViToS vs constant box, each
+sequential schedule vs joint, cross-feedback on vs off); the targets; study.md, study.json and plots
+(study_accuracy.png with 95 % intervals and the majority line; grad_cosine.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class StudyConfig:
+    """The grid and budgets of one study (YAML values or key=value overrides)."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """RL seeds (and, with warm_start=train, warm-start seeds)."""
+    schedules: list[str] = field(default_factory=lambda: ["stagewise", "interleaved", "joint"])
+    """Branch schedules (vitos.rl.config.ScheduleSection.name)."""
+    cross_feedback: list[bool] = field(default_factory=lambda: [True, False])
+    """Cross-feedback on (paper) / off (rewards.cross = 0)."""
+    iou_reward: list[bool] = field(default_factory=lambda: [True, False])
+    """IoU reward on (demo weight) / off (rewards.iou = 0)."""
+    main: str = "interleaved+cross+iou"
+    """The variant whose targets are reported (`schedule+cross|nocross+iou|noiou`)."""
+    warm_start: str = "builtin"
+    """builtin (shipped demo warm start), train (the demo's warm-start stages per seed) or a folder."""
+    n_train: int = 400
+    """MedPhantom training questions (RL pool, majority answers, constant box)."""
+    n_test: int = 2000
+    """MedPhantom test questions every row is measured on."""
+    rl_steps: int = 60
+    """RL steps per run."""
+    grad_cosine_every: int = 5
+    """Gradient-cosine measurement every this many RL steps (0 = never)."""
+    baselines: list[str] = field(default_factory=lambda: ["center", "random", "visionzip"])
+    """Training-free selectors at each run's ViToS budget."""
+    out_dir: str = "runs/study"
+    """Where study.md, study.json, plots and the runs go."""
+    demo_overrides: dict[str, Any] = field(default_factory=dict)
+    """DemoConfig values for data, warm start, RL and decoding (e.g. {"group_size": 4})."""
+
+
+SMOKE: dict[str, Any] = {"seeds": [0, 1], "schedules": ["interleaved", "joint"], "cross_feedback": [True, False],
+                         "iou_reward": [True], "n_train": 40, "n_test": 24, "rl_steps": 2, "grad_cosine_every": 1,
+                         "baselines": ["center", "random"],
+                         "demo_overrides": {"rl_batch_size": 2, "group_size": 2, "sparse_group_size": 2,
+                                            "max_new_tokens": 48, "rl_questions": 0}}
+"""`--smoke`: the same rows and files on tiny budgets (2 seeds x 2 schedules x cross on/off, 2 RL steps,
+24 test questions): minutes, for CI. Its numbers mean nothing."""
+
+
+def variant_name(schedule: str, cross: bool, iou: bool) -> str:
+    return f"{schedule}+{'cross' if cross else 'nocross'}+{'iou' if iou else 'noiou'}"
+
+
+def _log(msg: str) -> None:
+    print(f"[study] {msg}", flush=True)
+
+
+def evaluate_run(adapter: Any, test: list, images: list, train: list, s: Any, baselines: list[str], seed: int,
+                 constant: list[float]) -> dict[str, dict[str, Any]]:
+    """Every per-run row of one model (its own boxes first: the baselines use its per-question budget)."""
+    from vitos.pipeline import encode
+    from vitos.study.evaluate import baseline_keeps, box_keeps, evaluate_mode
+
+    rows = {"vitos": evaluate_mode(adapter, test, images, "vitos", s), "full": evaluate_mode(adapter, test, images, "full", s)}
+    encoded = encode(adapter, images)
+    rows["oracle"] = evaluate_mode(adapter, test, images, "baseline", s, box_keeps([t.boxes for t in test], encoded, s))
+    rows["constant box"] = evaluate_mode(adapter, test, images, "baseline", s, box_keeps([[constant]] * len(test), encoded, s))
+    budgets = [r["visual_tokens_kept"] for r in rows["vitos"]["records"]]
+    from vitos.eval.baselines import BASELINE_FUSION
+
+    for name in baselines:
+        rows[name] = evaluate_mode(adapter, test, images, "baseline", s, baseline_keeps(name, encoded, budgets, seed),
+                                   BASELINE_FUSION[name])
+    for r in rows.values():  # keep the vectors and figures, drop the bulky per-question records
+        r.pop("records", None)
+    return rows
+
+
+def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
+    """Run the grid; returns the study dict (also written as study.json / study.md under out_dir)."""
+    from vitos.data.medphantom import PhantomConfig, write_dataset
+    from vitos.data.readers import read_rows
+    from vitos.demo import DemoConfig, _train_config, resolve_warm_start, rl_pool
+    from vitos.models import load_model
+    from vitos.pipeline import load_sample_images
+    from vitos.rl.checkpoint import read_metrics
+    from vitos.rl.trainer import train
+    from vitos.study import plots, report
+    from vitos.study.evaluate import answer_balance, best_constant_box, evaluate_majority, evaluate_mode
+
+    t_all = time.perf_counter()
+    torch.set_num_threads(1)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    runs: list[dict[str, Any]] = []
+    design: dict[str, Any] = {}
+    variants = [(sch, c, i) for sch in cfg.schedules for c in cfg.cross_feedback for i in cfg.iou_reward]
+    for seed in cfg.seeds:
+        demo = DemoConfig(**{**cfg.demo_overrides, "seed": seed, "n_train": cfg.n_train, "n_test": cfg.n_test,
+                             "rl_steps": cfg.rl_steps})
+        from vitos.demo import eval_settings
+
+        s = eval_settings(demo)
+        paths = write_dataset(PhantomConfig(seed=seed, n_train=cfg.n_train, n_test=cfg.n_test,
+                                            question_mix=dict(demo.question_mix)), out / f"data-{seed}")
+        train_set, test = read_rows(paths["train"]).samples, read_rows(paths["test"]).samples
+        images = [load_sample_images(t) for t in test]
+        constant = best_constant_box([t.boxes for t in train_set])
+        warm_dir = _warm_start(cfg, demo, train_set, out / f"warm-{seed}")
+        warm = load_model(str(warm_dir), dtype="float32", device="cpu")
+        per_seed.setdefault("majority", []).append(evaluate_majority(test, train_set))
+        for name, mode in (("warm_start/full", "full"), ("warm_start/vitos", "vitos")):
+            res = evaluate_mode(warm, test, images, mode, s)
+            res.pop("records")
+            per_seed.setdefault(name, []).append(res)
+        warm_rows = evaluate_run(warm, test, images, train_set, s, ["center"], seed, constant)
+        for name in ("oracle", "constant box", "center"):
+            per_seed.setdefault(f"warm_start/{name}", []).append(warm_rows[name])
+        design.setdefault("answer_balance", answer_balance(test))
+        design.setdefault("constant_box", constant)
+        del warm
+        _log(f"seed {seed}: warm start full {per_seed['warm_start/full'][-1]['accuracy']:.1%}, ViToS "
+             f"{per_seed['warm_start/vitos'][-1]['accuracy']:.1%}, oracle {warm_rows['oracle']['accuracy']:.1%}, "
+             f"majority {per_seed['majority'][-1]['accuracy']:.1%}")
+        pool = rl_pool(Path(paths["train"]), demo.rl_questions)
+        for sch, cross, iou in variants:
+            name = variant_name(sch, cross, iou)
+            run_dir = out / f"runs/{name}/seed-{seed}"
+            tcfg = _train_config(DemoConfig(**{**asdict(demo), "schedule": sch}), warm_dir, pool, run_dir)
+            tcfg.rewards.cross = 1.0 if cross else 0.0
+            tcfg.rewards.iou = tcfg.rewards.iou if iou else 0.0
+            tcfg.logging.log_grad_cosine = cfg.grad_cosine_every > 0
+            tcfg.logging.grad_cosine_every = cfg.grad_cosine_every
+            if (run_dir / "metrics.jsonl").exists():
+                (run_dir / "metrics.jsonl").unlink()  # a rerun into the same folder starts a fresh run
+            t0 = time.perf_counter()
+            train(tcfg)
+            model = load_model(str(run_dir / "final"), dtype="float32", device="cpu")
+            rows = evaluate_run(model, test, images, train_set, s, cfg.baselines, seed, constant)
+            del model
+            for row, res in rows.items():
+                per_seed.setdefault(f"{name}/{row}", []).append(res)
+            curve = read_metrics(run_dir / "metrics.jsonl")
+            runs.append({"variant": name, "seed": seed, "seconds": time.perf_counter() - t0,
+                         "accuracy_vitos": rows["vitos"]["accuracy"], "kept": rows["vitos"]["kept"],
+                         "miou": rows["vitos"]["miou"], "distinct_boxes": rows["vitos"]["distinct_boxes"],
+                         "grad_cosine": [(m["step"], m.get("grad_cosine")) for m in curve if m.get("grad_cosine") is not None],
+                         "reward": [(m["step"], m.get("grounding/reward"), m.get("sparse/reward")) for m in curve]})
+            _log(f"seed {seed} {name}: ViToS {rows['vitos']['accuracy']:.1%} (full {rows['full']['accuracy']:.1%}, "
+                 f"center {rows['center']['accuracy']:.1%}), kept {rows['vitos']['kept']:.0%}")
+    study = _assemble(cfg, per_seed, runs, design, variants, command, time.perf_counter() - t_all)
+    report.write(study, out)
+    plots.plot_study_rows(study["rows"], out / "study_accuracy.png", chance=study["rows_by_name"]["majority"]["accuracy"])
+    plots.plot_grad_cosine(runs, out / "grad_cosine.png")
+    return study
+
+
+def _warm_start(cfg: StudyConfig, demo: Any, train_set: list, folder: Path) -> Path:
+    """The seed's warm-started checkpoint: the shipped one, a given folder, or the demo's stages run here."""
+    from vitos.demo import resolve_warm_start
+
+    if cfg.warm_start != "train":
+        return resolve_warm_start(cfg.warm_start)
+    if (folder / "config.json").exists():
+        return folder
+    from vitos.demo import _save_model, warm_start_stages
+    from vitos.models import load_model
+    from vitos.models.tiny import write_tiny_model
+    from vitos.pipeline import PruneConfig
+    from vitos.sft import VisionPretrainConfig, pretrain_vision, warm_start
+
+    torch.manual_seed(demo.seed)
+    tiny = write_tiny_model(folder.parent / f"{folder.name}-tiny", seed=demo.seed, hidden=demo.hidden, layers=demo.layers,
+                            vision_depth=demo.vision_depth, image_max_pixels=demo.image_pixels)
+    adapter = load_model(str(tiny), dtype="float32", device="cpu")
+    pretrain_vision(adapter, train_set, VisionPretrainConfig(steps=demo.vision_steps, box_weight=demo.vision_box_weight,
+                                                             seed=demo.seed))
+    prune = PruneConfig(margin=demo.margin, min_keep=demo.min_keep, fusion=demo.fusion)  # type: ignore[arg-type]
+    for _, sft_cfg in warm_start_stages(demo):
+        warm_start(adapter, train_set, sft_cfg, prune)
+    _save_model(adapter, folder)
+    return folder
+
+
+def _assemble(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]],
+              design: dict[str, Any], variants: list, command: str, seconds: float) -> dict[str, Any]:
+    from vitos.study import report
+
+    rows = [report.cell(name, res) for name, res in per_seed.items()]
+    by_name = {r["name"]: r for r in rows}
+    comparisons = []
+    names = {variant_name(*v) for v in variants}
+    for v in sorted(names):
+        comparisons.append(("%s: after RL vs warm start" % v, f"{v}/vitos", "warm_start/vitos"))
+        comparisons.append(("%s: vitos vs center" % v, f"{v}/vitos", f"{v}/center"))
+        comparisons.append(("%s: vitos vs constant box" % v, f"{v}/vitos", f"{v}/constant box"))
+        sch, cross, iou = v.split("+")
+        if sch != "joint" and f"joint+{cross}+{iou}" in names:
+            comparisons.append((f"{v}: sequential vs joint", f"{v}/vitos", f"joint+{cross}+{iou}/vitos"))
+        if cross == "cross" and f"{sch}+nocross+{iou}" in names:
+            comparisons.append((f"{v}: cross-feedback on vs off", f"{v}/vitos", f"{sch}+nocross+{iou}/vitos"))
+    tests = {}
+    for label, a, b in comparisons:
+        c = report.compare(a, per_seed[a], b, per_seed[b])
+        tests[label] = {**c, "label": label}
+    design["before_rl"] = {k: by_name[k]["accuracy"] for k in by_name if k.startswith("warm_start/") or k == "majority"}
+    main = cfg.main if cfg.main in names else sorted(names)[0]
+    return {
+        "meta": {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} "
+                 f"torch thread(s), torch {torch.__version__}", "command": command, "seconds": seconds, "main": main,
+                 "config": asdict(cfg)},
+        "rows": rows, "rows_by_name": by_name, "comparisons": list(tests.values()),
+        "targets": report.targets(by_name, tests, main), "runs": runs, "design": design,
+    }
+
+
+def main_study(argv: list[str] | None = None) -> int:
+    """`vitos study [--smoke] [--out DIR] [--config YAML] [key=value ...]`."""
+    from vitos.config import ConfigError, load_config
+
+    p = argparse.ArgumentParser(prog="vitos study", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="CI-sized run: same rows and files, tiny budgets")
+    p.add_argument("--out", default=None, help="output folder (default runs/study or runs/study-smoke)")
+    p.add_argument("--config", default=None, help="YAML file of StudyConfig values")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of StudyConfig fields, e.g. seeds=[0,1]")
+    args = p.parse_args(argv)
+    import json
+
+    try:
+        preset = [f"{k}={json.dumps(v)}" for k, v in SMOKE.items()] if args.smoke else []
+        cfg = load_config(StudyConfig, args.config, preset + list(args.overrides))
+        cfg.out_dir = args.out or ("runs/study-smoke" if args.smoke else cfg.out_dir)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"vitos study: error: {err}", file=sys.stderr)
+        return 2
+    study = run_study(cfg, command="vitos study " + " ".join(argv if argv is not None else sys.argv[2:]))
+    print((Path(cfg.out_dir) / "study.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_study(sys.argv[1:]))

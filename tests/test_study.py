@@ -1,0 +1,109 @@
+"""`vitos study`: its statistics against hand-computed values, its rows, and the smoke run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from vitos.data.sample import Sample
+from vitos.study.evaluate import answer_balance, best_constant_box, evaluate_majority, majority_answers, summarise
+from vitos.study.report import cell, compare, targets
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _res(correct, kept=0.2, miou=None, boxes=None):
+    return {"correct": correct, "kept": kept, "miou": miou, "distinct_boxes": boxes}
+
+
+def test_cell_pools_seeds_with_a_wilson_interval_and_a_t_interval_over_seed_means():
+    row = cell("r", [_res([1, 1, 0, 1]), _res([1, 0, 0, 1])])  # 5 / 8 pooled; seed means 0.75, 0.5
+    assert row["n"] == 8 and row["accuracy"] == 5 / 8
+    # Wilson, z = 1.96, p = 0.625, n = 8: centre (0.625 + 0.2401) / 1.4802, half 1.96 * sqrt(0.0293 + 0.0150) / 1.4802
+    assert row["ci_low"] == pytest.approx(0.3057, abs=1e-3) and row["ci_high"] == pytest.approx(0.8632, abs=1e-3)
+    # t-interval of [0.75, 0.5]: 0.625 +- 12.706 * 0.17678 / sqrt(2)
+    assert row["seed_mean"] == pytest.approx(0.625)
+    assert row["seed_ci_low"] == pytest.approx(0.625 - 12.7062 * 0.125, abs=1e-3)
+    assert row["kept_ratio"] == pytest.approx(0.2)
+
+
+def test_compare_counts_discordant_pairs_pooled_over_seeds_and_gives_the_exact_mcnemar_p():
+    a = [_res([1, 1, 1, 0]), _res([1, 1, 1, 1])]
+    b = [_res([0, 0, 1, 0]), _res([0, 0, 0, 1])]
+    c = compare("a", a, "b", b)
+    assert (c["only_a"], c["only_b"], c["n"]) == (5, 0, 8)
+    assert c["p_value"] == pytest.approx(2 * 0.5 ** 5)  # Bin(5, 1/2): 2 * P(X <= 0)
+    assert c["difference"] == pytest.approx(5 / 8)
+    with pytest.raises(ValueError, match="seed by seed"):
+        compare("a", a, "b", b[:1])
+
+
+def test_targets_need_a_significant_positive_difference():
+    rows = {"main/vitos": {"accuracy": 0.7, "miou": 0.5, "distinct_boxes": 40}, "main/full": {"accuracy": 0.6},
+            "majority": {"accuracy": 0.5}, "warm_start/vitos": {"accuracy": 0.6, "miou": 0.4, "distinct_boxes": 50}}
+    tests = {"main: after RL vs warm start": {"difference": 0.1, "p_value": 0.01},
+             "main: vitos vs center": {"difference": 0.1, "p_value": 0.2},
+             "main: vitos vs constant box": {"difference": -0.1, "p_value": 0.01}}
+    t = targets(rows, tests, "main")
+    assert t["beats_warm_start_p<0.05"] is True
+    assert t["beats_center_p<0.05"] is False  # not significant
+    assert t["beats_constant_box_p<0.05"] is False  # significant, but worse
+    assert t["beats_majority"] is True and t["relative_to_full_ge_1"] is True
+    assert t["miou_above_warm_start"] is True and t["distinct_boxes_ge_warm_start"] is False
+
+
+def _s(qtype, answer, boxes=None):
+    return Sample(id=f"{qtype}-{answer}", images=[], question="q", answer=answer, kind="open", boxes=boxes or [],
+                  meta={"question_type": qtype})
+
+
+def test_majority_row_answers_each_type_with_its_most_frequent_training_answer():
+    train = [_s("presence", "yes"), _s("presence", "no"), _s("presence", "no"), _s("count", "2"), _s("count", "1")]
+    assert majority_answers(train) == {"presence": "no", "count": "1"}  # count: tie -> alphabetically first
+    res = evaluate_majority([_s("presence", "no"), _s("presence", "yes"), _s("count", "1")], train)
+    assert res["correct"] == [True, False, True]
+    assert answer_balance(train)["presence"] == {"no": 2 / 3, "yes": 1 / 3}
+
+
+def test_best_constant_box_maximises_mean_iou_on_the_training_boxes():
+    boxes = [[[0.1, 0.1, 0.3, 0.3]], [[0.1, 0.1, 0.3, 0.3]], [[0.6, 0.6, 0.9, 0.9]]]
+    assert best_constant_box(boxes) == pytest.approx([0.1, 0.1, 0.3, 0.3])  # IoU 2/3 beats any compromise
+    assert best_constant_box([]) == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_summary_counts_distinct_boxes_and_keeps_the_correct_vector_in_order():
+    recs = [{"question_type": "a", "correct": c, "boxes": b, "visual_tokens_kept": 1, "visual_tokens_total": 4, "iou": i}
+            for c, b, i in ((True, [[0.1, 0.1, 0.5, 0.5]], 0.5), (False, [[0.1, 0.1, 0.5, 0.5]], 0.25), (True, [], None))]
+    s = summarise(recs)
+    assert s["correct"] == [True, False, True] and s["distinct_boxes"] == 1
+    assert s["kept"] == pytest.approx(0.25) and s["miou"] == pytest.approx(0.375)
+
+
+def test_smoke_study_writes_every_row_comparison_and_plot(tmp_path):
+    """`vitos study --smoke`: the CI-sized run (about 40 s here) writes the same files as the full study."""
+    from vitos.study.run import main_study
+
+    out = tmp_path / "study"
+    assert main_study(["--smoke", "--out", str(out)]) == 0
+    study = json.loads((out / "study.json").read_text())
+    names = {r["name"] for r in study["rows"]}
+    for row in ("majority", "warm_start/full", "warm_start/vitos", "interleaved+cross+iou/vitos",
+                "interleaved+cross+iou/full", "interleaved+cross+iou/oracle", "interleaved+cross+iou/constant box",
+                "interleaved+cross+iou/center", "interleaved+cross+iou/random", "joint+nocross+iou/vitos"):
+        assert row in names, row
+    for r in study["rows"]:
+        assert {"accuracy", "ci_low", "ci_high", "n", "kept_ratio"} <= set(r)
+        assert r["n"] == 48 and r["ci_low"] <= r["accuracy"] <= r["ci_high"]
+    labels = {c["label"] for c in study["comparisons"]}
+    assert "interleaved+cross+iou: after RL vs warm start" in labels
+    assert "interleaved+cross+iou: sequential vs joint" in labels
+    assert "interleaved+cross+iou: cross-feedback on vs off" in labels
+    for c in study["comparisons"]:
+        assert 0 <= c["p_value"] <= 1 and c["a"] in names and c["b"] in names
+    assert set(study["targets"]) >= {"beats_warm_start_p<0.05", "beats_center_p<0.05", "beats_constant_box_p<0.05"}
+    assert all(len(r["grad_cosine"]) >= 1 for r in study["runs"])  # measured every step in the smoke run
+    for name in ("study.md", "study_accuracy.png", "grad_cosine.png"):
+        assert (out / name).is_file()
+    assert math.isfinite(study["meta"]["seconds"])
