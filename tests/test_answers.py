@@ -50,26 +50,29 @@ def test_normalize_text_lowercases_strips_punctuation_articles_and_spaces(raw, e
         ("Yes.", "yes"),
         ("NO!", "no"),
         ("(yes)", "yes"),
-        ("There is no fracture.", "no"),
-        ("Yes, there is no fracture.", "yes"),  # both words: the first one decides
-        ("no ... well, yes", "no"),
+        ("Yes, there is no fracture.", "yes"),  # 'no' inside a clause is a determiner, not an answer (Y1)
+        ("No fracture is seen.", "no"),  # clause-initial (Y1)
     ],
 )
-def test_extract_yes_no_takes_the_first_whole_yes_or_no_word(pred, expected):
+def test_extract_yes_no_reads_clause_initial_or_final_yes_no_words(pred, expected):
     assert extract_yes_no(pred) == expected
 
 
 @pytest.mark.parametrize(
     "pred",
-    ["normal", "nodule", "not sure", "None of the above", "The lungs look unremarkable overall.", "", "   "],
+    [
+        "normal", "nodule", "not sure", "None of the above", "The lungs look unremarkable overall.", "", "   ",
+        "There is no fracture.",  # negation without a yes/no answer word: unsupported (Y4)
+        "no ... well, yes",  # both asserted: a hedge is not credited (Y2)
+    ],
 )
-def test_extract_yes_no_never_reads_words_that_merely_contain_yes_or_no(pred):
+def test_extract_yes_no_never_reads_words_that_merely_contain_yes_or_no_nor_hedges(pred):
     assert extract_yes_no(pred) is None
 
 
 def test_judge_yes_no_normal_is_a_parse_failure_not_a_no():
     j = judge("normal", yes_no("no"))
-    assert j == Judgement(correct=False, parsed=None, parse_failure=True, recall=0.0, f1=0.0)
+    assert j == Judgement(correct=False, parsed=None, parse_failure=True, recall=0.0, f1=0.0, reason="unparseable")
 
 
 def test_judge_yes_no_correct_answer_in_a_sentence():
@@ -104,6 +107,8 @@ def test_judge_yes_no_correct_answer_in_a_sentence():
         ("glioma", "A"),  # exact option text, case-insensitive
         ("Meningioma.", "B"),
         ("the abscess", "D"),  # normalised: article and punctuation do not matter
+        ("The answer is A. Actually, the answer is C.", "C"),  # the last marker wins (U2)
+        ("I think it is most likely a glioma given the enhancement", "A"),  # option text in a sentence (C8)
     ],
 )
 def test_extract_choice_reads_letters_and_exact_option_texts(pred, expected):
@@ -116,10 +121,10 @@ def test_extract_choice_reads_letters_and_exact_option_texts(pred, expected):
         "",
         "   ",
         "A or B",
-        "The answer is A. Actually, the answer is C.",  # two different letters
+        "A is possible, but C fits better.",  # two different letters, no marker
         "A. Meningioma",  # letter A but text of B: ambiguous
         "the answer is a lesion",  # the article 'a' is not option A
-        "I think it is most likely a glioma given the enhancement",  # rambling: no exact option text
+        "I think it is most likely a glioma or a metastasis",  # two option texts
         "Vitamin C levels are low",  # a capital letter in prose is not an answer
         "E",  # not an option letter
         "The answer is E",

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitos.answers import judge, normalize_text
+from vitos.answers import judge_completion, normalize_text
 from vitos.eval.baselines import budget_from_ratio
 from vitos.eval.benchmarks import BENCHMARKS, format_prompt
 from vitos.eval.compare import main_compare
@@ -81,7 +81,7 @@ def test_every_mode_writes_one_complete_record_per_sample_and_scores_them(runs, 
         assert r["answer"] == by_id[r["id"]].answer
         assert r["kept_ratio"] == pytest.approx(r["visual_tokens_kept"] / r["visual_tokens_total"])
         assert r["closed"] == (by_id[r["id"]].kind == "yes_no")  # VQA-RAD: yes/no is closed, the rest open
-        assert r["correct"] == judge(r["prediction"], by_id[r["id"]]).correct  # no LLM judge: the rules decide
+        assert r["correct"] == judge_completion(r["raw"], by_id[r["id"]]).correct  # no LLM judge: the rules decide
     s = scores["vqa_rad"]
     assert s["n"] == LIMIT
     assert s["n_closed"] == sum(r["closed"] for r in records) and s["n_open"] == LIMIT - s["n_closed"]
@@ -242,7 +242,7 @@ def test_compat_medevalkit_judges_with_the_kit_rules(tiny_adapter, samples, vqa_
     scores = evaluate(_cfg(tmp_path / "mek", vqa_rad_dir, "full", limit=5, compat="medevalkit"), adapter=tiny_adapter)
     records = _lines(tmp_path / "mek" / "vqa_rad" / "predictions.jsonl")
     for r, s in zip(records, samples):
-        kit = judge(r["prediction"], s, compat="medevalkit")
+        kit = judge_completion(r["raw"], s, compat="medevalkit")
         assert (r["correct"], r["parse_failure"]) == (kit.correct, kit.parse_failure)
     assert scores["compat"] == "medevalkit"
 

@@ -21,11 +21,11 @@ Prompt style: the answer pass writes `vitos.prompts.sparse_prompt` (think + <ans
 every mode, so that modes differ only in the tokens they see. `prompt_style="benchmark"` gives `full` and
 the baselines the benchmark's own prompt (`Benchmark.prompt`, MedEvalKit's wording: "Answer with the
 option's letter ... directly."), so their numbers compare with published anchors; `vitos` mode keeps its
-own prompts (its answer pass is trained on them). The prediction scored is the <answer> content when
-there is one, else the whole output (`vitos.prompts.answer_or_raw`).
+own prompts (its answer pass is trained on them).
 
-Judging: `vitos.answers.judge` (parse failures counted, never guessed). `compat="medevalkit"` applies the
-MedEvalKit rules instead (MMMU gets that kit's MMMU parser, compat "mmmu"). The optional LLM judge
+Judging: `vitos.answers.judge_completion` on the raw answer-pass output, by the rules of docs/scoring.md
+(answer location, unwrapping, per-kind rules; parse failures counted, never guessed). `compat="medevalkit"`
+applies MedEvalKit's rules per benchmark instead (`vitos.eval.medevalkit`). The optional LLM judge
 (`vitos.eval.judge_llm`, off by default) decides open (text-judged) questions that exact match calls wrong.
 
 Output folder DIR:
@@ -62,7 +62,7 @@ from typing import Any, Literal
 
 import torch
 
-from vitos.answers import Judgement, judge, normalize_text
+from vitos.answers import Judgement, judge_completion, locate_answer, normalize_text
 from vitos.config import ConfigError, save_config, to_dict
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig
@@ -82,7 +82,7 @@ from vitos.eval.judge_llm import JudgeError, LLMJudge, LLMJudgeConfig
 from vitos.eval.scoring import aggregate, is_closed, score_benchmark
 from vitos.models.base import EncodedImage, ModelAdapter
 from vitos.pipeline import PruneConfig, encode, load_sample_images, run
-from vitos.prompts import answer_or_raw, sparse_prompt
+from vitos.prompts import sparse_prompt
 from vitos.pruning.sparse import assemble
 
 __all__ = [
@@ -105,7 +105,7 @@ RECORD_FIELDS = (
     "id", "benchmark", "mode", "question", "answer", "kind", "closed",
     "prediction", "parsed", "raw", "grounding", "boxes", "box_images", "fallback",
     "budget", "visual_tokens_total", "visual_tokens_kept", "kept_ratio",
-    "correct", "correct_rule", "llm_verdict", "parse_failure", "recall", "f1",
+    "correct", "correct_rule", "llm_verdict", "parse_failure", "parse_reason", "answer_source", "recall", "f1",
 )  # fmt: skip
 """Keys of every predictions.jsonl line. `prediction` is what was judged (<answer> content or the raw
 output), `raw` the answer pass's full output, `grounding` the grounding pass's (vitos mode), `budget` the
@@ -244,9 +244,8 @@ def _data_dir(cfg: EvalConfig, name: str) -> Path | None:
 
 
 def _compat(cfg: EvalConfig, name: str) -> str | None:
-    if cfg.compat is None:
-        return None
-    return "mmmu" if name == "mmmu_med" else cfg.compat
+    # "medevalkit" dispatches on sample.meta["benchmark"] (MMMU gets the kit's MMMU rules).
+    return cfg.compat
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,8 +413,9 @@ def _run_batch(
     compat = _compat(cfg, bench.name)
     records = []
     for sample, ans, target in zip(samples, answers, targets):
-        prediction = answer_or_raw(ans.answer_text)
-        verdict = judge(prediction, sample, compat)
+        location = locate_answer(ans.answer_text)
+        prediction = location.text or ""
+        verdict = judge_completion(ans.answer_text, sample, compat)
         llm_verdict = None
         if llm_judge is not None and sample.kind == "open" and not verdict.correct and normalize_text(prediction):
             llm_verdict = llm_judge(sample.question, sample.answer, prediction)
@@ -443,6 +443,8 @@ def _run_batch(
                 "correct_rule": verdict.correct,
                 "llm_verdict": llm_verdict,
                 "parse_failure": verdict.parse_failure,
+                "parse_reason": verdict.reason,
+                "answer_source": location.source,
                 "recall": verdict.recall,
                 "f1": verdict.f1,
             }
