@@ -72,6 +72,16 @@ from vitos.data.readers import write_rows
 from vitos.data.sample import Sample
 
 GENERATOR_VERSION = "medphantom-v1"
+
+PHANTOM_V2: dict[str, Any] = {
+    "body_axes": (0.47, 0.49, 0.45, 0.48),
+    "organ_diameter": (30.0, 46.0),
+    "center_bias": 0.0,
+    "distractor_clearance": "cells",
+}
+"""Overrides of PhantomConfig for a task on which grounding decides the answer (`vitos study`): the body
+fills the field of view and the organ is smaller, so it can sit anywhere (a centre crop misses it), and no
+distractor shares a token cell with the evidence box (the oracle reader sees only evidence)."""
 SPLITS = ("train", "test")
 
 # Question types: name -> (kind, template). The organ name fills {organ}.
@@ -137,6 +147,17 @@ class PhantomConfig:
     """Amplitude of the smooth tissue texture."""
     box_pad: float = 4.0
     """Padding added around the organ's extent to form the evidence box."""
+    center_bias: float = 0.0
+    """Pull of the organ's position towards the body centre: 0 = uniform over every position where its
+    padded box fits inside the body, 1 = at the centre (positions are shrunk towards it by this factor)."""
+    body_axes: tuple[float, float, float, float] = (0.42, 0.47, 0.36, 0.42)
+    """Ranges of the body ellipse's semi-axes as fractions of the image side: (x low, x high, y low, y high).
+    A larger body leaves the organ more room away from the centre (PHANTOM_V2)."""
+    distractor_clearance: str = "box"
+    """Where distractor spots may not go: 'box' = the evidence box (+ a spot-sized margin); 'cells' = every
+    token cell of side `cell_size` that the box touches, so the tokens a perfect box keeps hold no distractor."""
+    cell_size: float = 28.0
+    """Side of one merged visual token in pixels (Qwen2.5-VL: 28), for distractor_clearance='cells'."""
 
     def __post_init__(self) -> None:
         self.organs = tuple(self.organs)
@@ -157,6 +178,14 @@ class PhantomConfig:
             raise ValueError(f"image_size {self.image_size} is too small to draw an organ and spots; use >= 64")
         if not self.organs:
             raise ValueError("organs must name at least one organ")
+        self.body_axes = tuple(self.body_axes)  # type: ignore[assignment]
+        if not 0.0 <= self.center_bias <= 1.0:
+            raise ValueError(f"center_bias must be in [0, 1], got {self.center_bias}")
+        if self.distractor_clearance not in ("box", "cells"):
+            raise ValueError(f"distractor_clearance must be 'box' or 'cells', got {self.distractor_clearance!r}")
+        lo_x, hi_x, lo_y, hi_y = self.body_axes
+        if not (0 < lo_x <= hi_x <= 0.5 and 0 < lo_y <= hi_y <= 0.5):
+            raise ValueError(f"body_axes must be 0 < low <= high <= 0.5 for x and y, got {self.body_axes}")
         if self.n_train < 0 or self.n_test < 0:
             raise ValueError(f"n_train and n_test must be >= 0, got {self.n_train}, {self.n_test}")
 
@@ -262,7 +291,7 @@ def _sample_scene(cfg: PhantomConfig, rng: np.random.Generator, has_lesion: bool
     s = size / 224.0
     body = {
         "center": [round(size / 2 + rng.uniform(-4, 4) * s, 2), round(size / 2 + rng.uniform(-4, 4) * s, 2)],
-        "axes": [round(rng.uniform(0.42, 0.47) * size, 2), round(rng.uniform(0.36, 0.42) * size, 2)],
+        "axes": [round(rng.uniform(*cfg.body_axes[:2]) * size, 2), round(rng.uniform(*cfg.body_axes[2:]) * size, 2)],
     }
     bx, by = body["center"]
     spine = {"center": [bx, round(by + 0.62 * body["axes"][1], 2)], "radius": round(0.055 * size, 2)}
@@ -280,7 +309,8 @@ def _sample_scene(cfg: PhantomConfig, rng: np.random.Generator, has_lesion: bool
     hy = math.sqrt((a * math.sin(th)) ** 2 + (b * math.cos(th)) ** 2)
     pad = cfg.box_pad * s
     # Candidates from the inner ellipse shrunk by the half-extent (most are then valid); checked exactly below.
-    cand = _sample_in_ellipse(rng, max(inner[0] - hx, 1.0), max(inner[1] - hy, 1.0), 512) + np.array([bx, by])
+    cand = _sample_in_ellipse(rng, max(inner[0] - hx, 1.0), max(inner[1] - hy, 1.0), 512) * (1.0 - cfg.center_bias)
+    cand = cand + np.array([bx, by])
     ok = np.ones(len(cand), dtype=bool)
     for dx in (-1, 1):
         for dy in (-1, 1):  # the padded box is inside the (convex) inner ellipse iff its corners are
@@ -332,6 +362,10 @@ def _sample_scene(cfg: PhantomConfig, rng: np.random.Generator, has_lesion: bool
     distractor_kinds = [distractor_kinds[j] for j in rng.permutation(len(distractor_kinds))]
     distractors: list[dict[str, Any]] = []
     x1, y1, x2, y2 = (v * size for v in box)
+    if cfg.distractor_clearance == "cells":  # the cell-aligned hull of the box: what a perfect box keeps
+        c = cfg.cell_size * s
+        x1, y1 = math.floor(x1 / c) * c, math.floor(y1 / c) * c
+        x2, y2 = math.ceil(x2 / c) * c, math.ceil(y2 / c) * c
     for kind in distractor_kinds:
         r = round(float(rng.uniform(*cfg.spot_radius) * s), 2)
         c = _sample_in_ellipse(rng, inner[0] - r, inner[1] - r, 256) + np.array([bx, by])

@@ -63,6 +63,8 @@ class StudyConfig:
     """Where study.md, study.json, plots and the runs go."""
     demo_overrides: dict[str, Any] = field(default_factory=dict)
     """DemoConfig values for data, warm start, RL and decoding (e.g. {"group_size": 4})."""
+    phantom: dict[str, Any] = field(default_factory=dict)
+    """PhantomConfig overrides of the data (e.g. vitos.data.medphantom.PHANTOM_V2; {} = the demo's data)."""
 
 
 SMOKE: dict[str, Any] = {"seeds": [0, 1], "schedules": ["interleaved", "joint"], "cross_feedback": [True, False],
@@ -103,6 +105,24 @@ def evaluate_run(adapter: Any, test: list, images: list, train: list, s: Any, ba
     return rows
 
 
+def evidence_coverage(adapter: Any, test: list, images: list, s: Any, vitos_row: dict[str, Any], seed: int) -> dict[str, float]:
+    """Share of questions whose evidence (every token cell the GT box touches) lies wholly inside a centre
+    crop, and inside a random crop, of the warm start's per-question ViToS budget: a centre crop that covers
+    the evidence far more often than a random one means the task rewards 'look at the middle'."""
+    from vitos.pipeline import encode
+    from vitos.study.evaluate import baseline_keeps, box_keeps
+
+    encoded = encode(adapter, images)
+    budgets = vitos_row["budgets"]
+    evidence = box_keeps([t.boxes for t in test], encoded, s)
+    out = {}
+    for name in ("center", "random"):
+        crops = baseline_keeps(name, encoded, budgets, seed)
+        covered = [bool((e[0] & ~c[0]).sum() == 0) for e, c in zip(evidence, crops) if e and e[0] is not None]
+        out[f"{name}_crop_covers_evidence"] = sum(covered) / max(1, len(covered))
+    return out
+
+
 def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
     """Run the grid; returns the study dict (also written as study.json / study.md under out_dir)."""
     from vitos.data.medphantom import PhantomConfig, write_dataset
@@ -129,8 +149,8 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
         from vitos.demo import eval_settings
 
         s = eval_settings(demo)
-        paths = write_dataset(PhantomConfig(seed=seed, n_train=cfg.n_train, n_test=cfg.n_test,
-                                            question_mix=dict(demo.question_mix)), out / f"data-{seed}")
+        paths = write_dataset(PhantomConfig(**{"question_mix": dict(demo.question_mix), **cfg.phantom, "seed": seed,
+                                               "n_train": cfg.n_train, "n_test": cfg.n_test}), out / f"data-{seed}")
         train_set, test = read_rows(paths["train"]).samples, read_rows(paths["test"]).samples
         images = [load_sample_images(t) for t in test]
         constant = best_constant_box([t.boxes for t in train_set])
@@ -144,6 +164,7 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
         warm_rows = evaluate_run(warm, test, images, train_set, s, ["center"], seed, constant)
         for name in ("oracle", "constant box", "center"):
             per_seed.setdefault(f"warm_start/{name}", []).append(warm_rows[name])
+        design.setdefault("coverage", []).append(evidence_coverage(warm, test, images, s, per_seed["warm_start/vitos"][-1], seed))
         design.setdefault("answer_balance", answer_balance(test))
         design.setdefault("constant_box", constant)
         del warm
@@ -210,6 +231,26 @@ def _warm_start(cfg: StudyConfig, demo: Any, train_set: list, folder: Path) -> P
     return folder
 
 
+def design_properties(rows: dict[str, dict[str, Any]], coverage: list[dict[str, float]]) -> dict[str, Any]:
+    """The benchmark's design properties (before RL), each with its bound and whether it holds:
+    the reader given GT boxes >= 85 %; >= 15 points above the same model on all tokens; >= 10 points above
+    ViToS with its own boxes (room for RL); ViToS above the per-type majority; a centre crop at the ViToS
+    budget covers the evidence no more often than a random crop of the same size (chance)."""
+    acc = {k: rows[k]["accuracy"] for k in ("warm_start/oracle", "warm_start/full", "warm_start/vitos", "majority") if k in rows}
+    if len(acc) < 4:
+        return {}
+    center = sum(c["center_crop_covers_evidence"] for c in coverage) / max(1, len(coverage))
+    chance = sum(c["random_crop_covers_evidence"] for c in coverage) / max(1, len(coverage))
+    o, f, v, m = acc["warm_start/oracle"], acc["warm_start/full"], acc["warm_start/vitos"], acc["majority"]
+    return {
+        "oracle_ge_85": {"value": o, "holds": o >= 0.85},
+        "oracle_minus_full_ge_15pts": {"value": o - f, "holds": o - f >= 0.15},
+        "oracle_minus_vitos_ge_10pts": {"value": o - v, "holds": o - v >= 0.10},
+        "vitos_above_majority": {"value": v - m, "holds": v > m},
+        "center_crop_coverage_le_chance": {"value": center, "chance": chance, "holds": center <= chance + 0.05},
+    }
+
+
 def _assemble(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]], runs: list[dict[str, Any]],
               design: dict[str, Any], variants: list, command: str, seconds: float) -> dict[str, Any]:
     from vitos.study import report
@@ -232,6 +273,7 @@ def _assemble(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]], runs:
         c = report.compare(a, per_seed[a], b, per_seed[b])
         tests[label] = {**c, "label": label}
     design["before_rl"] = {k: by_name[k]["accuracy"] for k in by_name if k.startswith("warm_start/") or k == "majority"}
+    design["properties"] = design_properties(by_name, design.get("coverage", []))
     main = cfg.main if cfg.main in names else sorted(names)[0]
     return {
         "meta": {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} "
