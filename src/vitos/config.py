@@ -6,6 +6,10 @@ logic. Unknown keys are rejected with the list of valid ones.
 
     cfg = load_config(TrainConfig, "configs/tiny_cpu.yaml", ["rl.group_size=4", "schedule=interleaved"])
     save_config(cfg, run_dir / "config.yaml")
+
+Valid ranges are declared on the field itself, `lr: Annotated[float, Range(gt=0)] = 1e-6`, and checked by
+one validator (`check_ranges`) when a config is loaded: every float field must also be finite (NaN and
+inf are refused everywhere, with or without a Range). `--help-config` prints each range beside the field.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -26,6 +31,89 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message names it and lists what is valid."""
+
+
+def error_line(err: BaseException) -> str:
+    """An error as the one line a CLI prints: newlines folded; an OSError names its file and the fix."""
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.filename:
+        text = f"cannot write or read {err.filename}: {err.strerror or err}; check the path and its permissions"
+    else:
+        text = str(err)
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Valid interval of a numeric field, as `Annotated` metadata: `Annotated[float, Range(gt=0, le=1)]`.
+
+    ge / gt: lower bound (inclusive / exclusive); le / lt: upper bound. Float fields are also required to
+    be finite, Range or not (see `check_ranges`)."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return not ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                    or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt))
+
+    def describe(self, name: str = "value") -> str:
+        """'0 < name <= 1', 'name >= 1', 'name < 1' ..."""
+        low = f"{_num(self.ge)} <= " if self.ge is not None else f"{_num(self.gt)} < " if self.gt is not None else ""
+        high = f" <= {_num(self.le)}" if self.le is not None else f" < {_num(self.lt)}" if self.lt is not None else ""
+        if low and not high:  # one-sided: read it as 'name >= 1'
+            return f"{name} {'>=' if self.ge is not None else '>'} {low.split(' ')[0]}"
+        return f"{low}{name}{high}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _ranges_of(cls: type) -> dict[str, Range]:
+    """Field name -> its `Range` (from `Annotated[..., Range(...)]`, also inside `X | None`)."""
+    out: dict[str, Range] = {}
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        stack = [tp]
+        while stack:
+            t = stack.pop()
+            if typing.get_origin(t) is typing.Annotated:
+                out.update({name: m for m in t.__metadata__ if isinstance(m, Range)})
+            else:
+                stack.extend(a for a in typing.get_args(t) if a is not type(None))
+    return out
+
+
+def check_ranges(cfg: Any, prefix: str = "", names: dict[str, str] | None = None) -> list[str]:
+    """One message per numeric field of the dataclass instance `cfg` (nested ones included) that is NaN,
+    infinite or outside its `Range`; [] when all are valid. `names` maps dotted keys to what the user
+    typed (e.g. {"max_new_tokens": "--max-new-tokens"})."""
+    errors: list[str] = []
+    ranges = _ranges_of(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = prefix + f.name
+        shown = (names or {}).get(key, key)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            errors += check_ranges(value, key + ".", names)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        rng = ranges.get(f.name)
+        valid = f" (valid: {rng.describe(shown)})" if rng else " (valid: any finite number)"
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append(f"{shown} = {value} is not a finite number{valid}")
+        elif rng is not None and not rng.contains(value):
+            errors.append(f"{shown} = {value!r} is out of range (valid: {rng.describe(shown)})")
+    return errors
+
+
+def require_ranges(cfg: Any, prefix: str = "", names: dict[str, str] | None = None) -> None:
+    """`check_ranges`, raising one ConfigError (one line, every bad field) when something is invalid."""
+    errors = check_ranges(cfg, prefix, names)
+    if errors:
+        raise ConfigError("; ".join(errors))
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -69,6 +157,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1 and type(None) in args:  # `int | None`: say what is valid in words
+            raise ConfigError(errors[0].replace(", got ", " or null, got ", 1))
         raise ConfigError(f"{key}: {value!r} matches none of {tp}")
     if origin is typing.Literal:
         if value not in args:
@@ -170,7 +260,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"override {item!r} must look like key=value (e.g. rl.group_size=4)")
         key, raw = item.split("=", 1)
         _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return _build(cls, values)
+    cfg = _build(cls, values)
+    require_ranges(cfg)  # NaN / inf / out-of-range numbers are refused at load time
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -188,11 +280,15 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     rows = []
     docs = field_docs(cls)
     hints = _hints(cls)
+    ranges = _ranges_of(cls)
     base = cls()
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if _is_dataclass_type(tp):
             rows.extend(describe(tp, prefix + f.name + "."))
         else:
-            rows.append((prefix + f.name, repr(getattr(base, f.name)), docs.get(f.name, "")))
+            doc = docs.get(f.name, "")
+            if f.name in ranges:
+                doc += f" [valid: {ranges[f.name].describe()}]"
+            rows.append((prefix + f.name, repr(getattr(base, f.name)), doc))
     return rows

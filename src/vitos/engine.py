@@ -27,9 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from vitos.config import Range
 from vitos.models.base import ModelAdapter
 from vitos.pruning.sparse import SequenceInputs, collate, next_positions
 
@@ -38,13 +40,13 @@ from vitos.pruning.sparse import SequenceInputs, collate, next_positions
 class SamplingConfig:
     """How to pick each next token."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: Annotated[int, Range(ge=1)] = 256
     """Upper bound on generated tokens per sequence (EOS stops earlier)."""
-    temperature: float = 0.0
+    temperature: Annotated[float, Range(ge=0)] = 0.0
     """0 = greedy decoding; > 0 samples from softmax(logits / temperature)."""
-    top_p: float = 1.0
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
     """Nucleus sampling mass (1.0 = off). Only used when temperature > 0."""
-    top_k: int = 0
+    top_k: Annotated[int, Range(ge=0)] = 0
     """Keep the k most likely tokens (0 = off). Only used when temperature > 0."""
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 
+from vitos.config import Range
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig, generate
 from vitos.images import load_image
@@ -33,14 +34,14 @@ Mode = Literal["full", "vitos"]
 class PruneConfig:
     """How predicted boxes become kept tokens."""
 
-    margin: float = 0.0
+    margin: Annotated[float, Range(ge=0, le=1)] = 0.0
     """Dilate each box by this much on every side (normalised units) before selecting tokens."""
-    min_keep: int = 1
+    min_keep: Annotated[int, Range(ge=1)] = 1
     """Keep at least this many tokens per image (nearest to the box centres are added)."""
     fusion: Literal["none", "merge", "contextual"] = "merge"
     """How pruned tokens are folded in: drop them, merge each into its most similar kept token, or
     summarise them in `num_contextual` extra tokens (VisionZip style)."""
-    num_contextual: int = 4
+    num_contextual: Annotated[int, Range(ge=0)] = 4
     """Extra summary tokens per image for fusion=contextual."""
 
 

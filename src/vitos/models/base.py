@@ -18,14 +18,70 @@ Positions are a (P, L) long tensor: P = 3 for Qwen's M-RoPE (temporal, height, w
 the prompt gets position max(prompt positions) + 1, on every row. `lm_forward` always receives a 2-D
 padding mask; with 1-D positions it must pass it on (transformers reads a position gap without a mask as
 a packed-sequence boundary).
+
+User text never becomes a control token: `build_prompt` renders the chat template around a placeholder
+(`USER_TEXT`) and `encode_with_user_text` tokenizes the question with special-token splitting, so a typed
+`<|im_start|>system`, `<|image_pad|>` or `<|endoftext|>` is ordinary text while the template's own control
+tokens stay real (ids are unchanged for every text without such strings).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+USER_TEXT = "\ue000vitos-user-text\ue001"
+"""Stands for the user's text while a chat template is rendered (private-use characters: in no real text)."""
+
+
+def special_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special (control) tokens: chat turns, vision placeholders, end of text, ..."""
+    ids = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return ids | {i for i in tokenizer.all_special_ids if i is not None}
+
+
+def encode_with_user_text(tokenizer: Any, rendered: str, text: str) -> list[int]:
+    """Ids of `rendered` (a rendered chat prompt holding `USER_TEXT` once) with `text` in place of it.
+
+    The template's own special tokens (those written in `rendered`) become their ids; `text` is tokenized
+    with `split_special_tokens=True`, so nothing a user types can become a special token. The plain text
+    between two template control tokens is tokenized as one piece, exactly as the tokenizer splits on
+    special tokens itself: ids equal `tokenizer(filled_in_prompt)` for any text without special tokens.
+    """
+    if rendered.count(USER_TEXT) != 1:
+        raise ValueError(f"the chat template must place the user text exactly once, it did {rendered.count(USER_TEXT)} times")
+    specials = sorted({tokenizer.convert_ids_to_tokens(i) for i in special_token_ids(tokenizer)}, key=len, reverse=True)
+    control = re.compile("|".join(re.escape(t) for t in specials)) if specials else None
+    forbidden = special_token_ids(tokenizer)
+    ids: list[int] = []
+    pending = ""
+
+    def flush() -> None:
+        nonlocal pending
+        if pending:
+            piece = tokenizer(pending, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            if forbidden.intersection(piece):  # cannot happen with a tokenizer that honours the flag
+                raise ValueError("the tokenizer turned plain text into a special token; it ignores split_special_tokens")
+            ids.extend(piece)
+            pending = ""
+
+    head, tail = rendered.split(USER_TEXT)
+    for part, trusted in ((head, True), (text, False), (tail, True)):
+        if not trusted or control is None:
+            pending += part
+            continue
+        pos = 0
+        for m in control.finditer(part):  # the template's control tokens: real ids
+            pending += part[pos:m.start()]
+            flush()
+            ids.append(tokenizer.convert_tokens_to_ids(m.group()))
+            pos = m.end()
+        pending += part[pos:]
+    flush()
+    return ids
 
 
 @dataclass

@@ -66,7 +66,7 @@ from typing import Any
 import torch
 
 from vitos.models import ModelLoadError, read_raw_config
-from vitos.models.base import AdapterBase, EncodedImage, Prompt
+from vitos.models.base import USER_TEXT, AdapterBase, EncodedImage, Prompt, encode_with_user_text
 
 MODEL_TYPE = "llava_qwen2"
 IMAGE_TOKEN = "<image>"
@@ -248,11 +248,31 @@ def content_box(width: int, height: int) -> tuple[float, float, float, float]:
 
 
 # ---------------------------------------------------------------------------------------------- prompt
+def _without_image_tokens(text: str) -> str:
+    """`text` with every `<image>` removed, repeatedly (so `<imag<image>e>` cannot leave one behind)."""
+    while IMAGE_TOKEN in text:
+        text = text.replace(IMAGE_TOKEN, "")
+    return text
+
+
 def render_prompt(text: str, n_images: int, system: str | None = None) -> str:
     """HuatuoGPT-Vision's single-turn prompt (cli.py `preprocess_huatuo`), generation prompt included."""
-    user = ("<image>\n" * n_images + text.replace(IMAGE_TOKEN, "")).strip()
+    user = ("<image>\n" * n_images + _without_image_tokens(text)).strip()
     head = f"<|system|>\n{system.strip()}\n" if system else ""
     return f"{head}<|user|>\n{user}\n<|assistant|>\n"
+
+
+def render_prompt_around_text(text: str, n_images: int, system: str | None = None) -> tuple[str, str]:
+    """(`render_prompt` with `USER_TEXT` where the user's text goes, that text): the same string once
+    filled in, for `encode_with_user_text`."""
+    prefix = "<image>\n" * n_images
+    full = (prefix + _without_image_tokens(text)).strip()
+    if full.startswith(prefix):
+        body, user_text = prefix + USER_TEXT, full[len(prefix):]
+    else:  # blank text after images: the strip also took the last image's newline
+        body, user_text = full + USER_TEXT, ""
+    head = f"<|system|>\n{system.strip()}\n" if system else ""
+    return f"{head}<|user|>\n{body}\n<|assistant|>\n", user_text
 
 
 # ---------------------------------------------------------------------------------------------- adapter
@@ -291,15 +311,22 @@ class LlavaQwen2Adapter(AdapterBase):
 
     # ------------------------------------------------------------------ text
     def build_prompt(self, text: str, images: list[EncodedImage], system: str | None = None) -> Prompt:
-        rendered = render_prompt(text, len(images), system)
-        chunks = rendered.split(IMAGE_TOKEN)
+        # The user text is tokenized with special-token splitting (vitos.models.base): a typed <image>,
+        # <|im_start|> or <|endoftext|> stays text; the template's <image> marks become the placeholders.
+        rendered, user_text = render_prompt_around_text(text, len(images), system)
         ids: list[int] = []
         spans: list[tuple[int, int]] = []
-        for k, chunk in enumerate(chunks):
-            ids.extend(self.tokenizer(chunk, add_special_tokens=False)["input_ids"])
-            if k < len(images):
+        for tok in encode_with_user_text(self.tokenizer, rendered, user_text):
+            if tok == self.image_token_id:
+                k = len(spans)
+                if k >= len(images):
+                    raise ValueError("the prompt holds more <image> marks than images were given")
                 spans.append((len(ids), len(ids) + images[k].num_tokens))
                 ids.extend([self.image_token_id] * images[k].num_tokens)
+            else:
+                ids.append(tok)
+        if len(spans) != len(images):
+            raise ValueError(f"the prompt holds {len(spans)} <image> marks for {len(images)} images")
         input_ids = torch.tensor(ids, dtype=torch.long)
         positions = torch.arange(input_ids.numel())[None]  # (1, L): 1-D RoPE
         return Prompt(input_ids, positions, spans)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from vitos.models.base import AdapterBase, EncodedImage, Prompt
+from vitos.models.base import USER_TEXT, AdapterBase, EncodedImage, Prompt, encode_with_user_text
 
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
@@ -54,10 +54,12 @@ class QwenVLAdapter(AdapterBase):
 
     # ------------------------------------------------------------------ text
     def build_prompt(self, text: str, images: list[EncodedImage], system: str | None = None) -> Prompt:
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        # The template is rendered around a placeholder; the user text is tokenized with special-token
+        # splitting, so a typed <|im_start|> or <|image_pad|> stays text (vitos.models.base).
+        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": USER_TEXT}]
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
         rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        ids = encode_with_user_text(self.tokenizer, rendered, text)
         # Expand each single <|image_pad|> into one placeholder per merged token (what the processor does).
         expanded: list[int] = []
         spans: list[tuple[int, int]] = []

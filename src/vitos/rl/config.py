@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from vitos.config import ConfigError, Range, check_ranges
 from vitos.pipeline import PruneConfig
 from vitos.rl.rewards import RewardWeights
 
@@ -38,17 +39,17 @@ class ModelSection:
     """Attention implementation: sdpa, eager or flash_attention_2."""
     lora: bool = True
     """Train LoRA adapters on the language model only (peft); False = full fine-tuning."""
-    lora_r: int = 16
+    lora_r: Annotated[int, Range(ge=1)] = 16
     """LoRA rank."""
-    lora_alpha: int = 32
+    lora_alpha: Annotated[int, Range(ge=1)] = 32
     """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)."""
-    lora_dropout: float = 0.0
+    lora_dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     """Dropout on the LoRA input; 0 keeps CPU runs bit-reproducible."""
     freeze_vision: bool = True
     """Freeze the vision tower and merger. Must be True with LoRA (the adapters sit on the LM only)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower update)."""
-    max_pixels: int | None = None
+    max_pixels: Annotated[int, Range(ge=28 * 28)] | None = None
     """Qwen2.5-VL: cap on the pixels an image is resized to (the processor's max_pixels / longest_edge),
     so one image gives at most max_pixels / (28 x 28) visual tokens (1003520 = 1280 tokens). None = the
     checkpoint's preprocessor_config.json (Qwen2.5-VL's: 12845056 = 16384 tokens). LLaVA
@@ -66,12 +67,12 @@ class DataSection:
     """Folder relative image paths are resolved against (default: the folder of the row file)."""
     skip_bad_rows: bool = False
     """Skip rows that fail validation (counted in metrics as data/skipped_rows) instead of stopping."""
-    limit: int | None = None
+    limit: Annotated[int, Range(ge=1)] | None = None
     """Read at most this many rows (None = all)."""
-    batch_size: int = 2
+    batch_size: Annotated[int, Range(ge=1)] = 2
     """Questions per training step, over all processes (each process takes batch_size / num_processes).
     The authors use 128."""
-    shuffle_seed: int = 0
+    shuffle_seed: Annotated[int, Range(ge=0)] = 0
     """Seed of the per-epoch permutation of the rows (epoch e uses a generator seeded with (seed, e))."""
 
 
@@ -79,17 +80,17 @@ class DataSection:
 class RolloutSection:
     """How completions are sampled for both branches."""
 
-    group_size: int = 4
+    group_size: Annotated[int, Range(ge=2)] = 4
     """G: grounding rollouts per question (the authors use 8)."""
-    sparse_group_size: int = 0
+    sparse_group_size: Annotated[int, Range(ge=0)] = 0
     """G': sparse rollouts per grounding rollout (0 = G, the paper's G x G)."""
-    max_new_tokens: int = 256
+    max_new_tokens: Annotated[int, Range(ge=1)] = 256
     """Upper bound on the length of every completion."""
-    temperature: float = 1.0
+    temperature: Annotated[float, Range(gt=0)] = 1.0
     """Sampling temperature (> 0: GRPO needs diverse rollouts)."""
-    top_p: float = 1.0
+    top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
     """Nucleus sampling mass (1.0 = off)."""
-    generation_batch_size: int = 0
+    generation_batch_size: Annotated[int, Range(ge=0)] = 0
     """Rows per `generate` call (0 = all rows of a branch at once); lower it when the KV cache does not fit."""
 
 
@@ -97,20 +98,20 @@ class RolloutSection:
 class GRPOSection:
     """The per-branch GRPO objective (vitos.rl.grpo)."""
 
-    clip_low: float = 0.2
+    clip_low: Annotated[float, Range(ge=0, lt=1)] = 0.2
     """Lower clip of the ratio (1 - clip_low); EasyR1 default."""
-    clip_high: float = 0.3
+    clip_high: Annotated[float, Range(ge=0)] = 0.3
     """Upper clip of the ratio (1 + clip_high); EasyR1 default (DAPO suggests 0.28)."""
-    dual_clip: float | None = 3.0
+    dual_clip: Annotated[float, Range(gt=1)] | None = 3.0
     """Dual-clip bound for negative advantages (None = off)."""
-    beta: float = 0.0
+    beta: Annotated[float, Range(ge=0)] = 0.0
     """KL (k3) weight to the reference policy; 0 = no reference model is loaded (authors' recipe). With
     LoRA the reference is the base model with adapters disabled, else a frozen copy of the model."""
     agg: Literal["token-mean", "seq-mean", "dr-grpo"] = "token-mean"
     """How per-token losses are reduced (see vitos.rl.grpo.aggregate)."""
     scale_advantages: bool = True
     """Divide advantages by the group std (GRPO); False = Dr.GRPO's mean-centred rewards."""
-    epochs: int = 1
+    epochs: Annotated[int, Range(ge=1)] = 1
     """mu: optimiser passes over one batch of rollouts (EasyR1 `ppo_epochs`, TRL `num_iterations`). With 1
     the importance ratio is 1 at the update (old log-probs = the update-time ones, detached); with >= 2 the
     old log-probs are computed once, before the first pass, without gradients, so clipping can act."""
@@ -124,17 +125,17 @@ class GRPOSection:
 class OptimSection:
     """AdamW, learning-rate schedule, clipping and micro-batching."""
 
-    lr: float = 1e-6
+    lr: Annotated[float, Range(gt=0)] = 1e-6
     """Peak learning rate (authors: 1e-6 for full fine-tuning; LoRA usually wants ~1e-5 to 1e-4)."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, Range(ge=0)] = 0.0
     """AdamW decoupled weight decay."""
-    warmup_steps: int = 0
+    warmup_steps: Annotated[int, Range(ge=0)] = 0
     """Linear warm-up over this many training steps (restarted at stage 2 of the stagewise schedule)."""
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     """Decay after warm-up, over the steps of the current stage."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Annotated[float, Range(ge=0)] = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
-    micro_batches: int = 1
+    micro_batches: Annotated[int, Range(ge=1)] = 1
     """Split each branch update into this many forward/backward passes (gradient accumulation; the loss
     is weighted so the result equals one pass over all rows)."""
     fp32_master_weights: bool = True
@@ -154,9 +155,9 @@ class ScheduleSection:
     """stagewise: grounding objective for stage1_steps, then the sparse objective (authors' recipe);
     interleaved: every step a grounding update, then fresh sparse rollouts and a sparse update;
     joint: one summed loss (the ablation the paper argues against)."""
-    total_steps: int = 2
+    total_steps: Annotated[int, Range(ge=1)] = 2
     """Training steps (one step = one batch of questions)."""
-    stage1_steps: int = 1
+    stage1_steps: Annotated[int, Range(ge=0)] = 1
     """Stagewise only: steps of stage 1 (grounding); the remaining steps are stage 2 (sparse)."""
 
 
@@ -166,9 +167,9 @@ class CheckpointSection:
 
     out_dir: str = "runs/vitos"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
-    every: int = 0
+    every: Annotated[int, Range(ge=0)] = 0
     """Checkpoint every this many steps (0 = only at the end and at the stagewise stage boundary)."""
-    keep_last: int = 2
+    keep_last: Annotated[int, Range(ge=1)] = 2
     """Keep this many step checkpoints (the stage-1 checkpoint is always kept)."""
 
 
@@ -176,7 +177,7 @@ class CheckpointSection:
 class LoggingSection:
     """What is logged where."""
 
-    every: int = 1
+    every: Annotated[int, Range(ge=1)] = 1
     """Write metrics every this many steps (metrics.jsonl, TensorBoard, W&B)."""
     tensorboard: bool = False
     """Also log to TensorBoard under <out_dir>/tb (needs the `tensorboard` package)."""
@@ -190,7 +191,7 @@ class LoggingSection:
     branch's rows and two fp32 gradient copies of the trainable parameters. Uses each process's local
     gradients (logged: the mean over processes); null under FSDP and DeepSpeed ZeRO-3, and when a branch's
     gradient is zero (all advantages 0)."""
-    grad_cosine_every: int = 10
+    grad_cosine_every: Annotated[int, Range(ge=0)] = 10
     """Measure the gradient cosine on steps divisible by this (0 = never); null on the other steps."""
     progress: bool = True
     """Show a tqdm progress bar (steps/s, ETA, mean rewards)."""
@@ -220,7 +221,7 @@ class TrainConfig:
     """Checkpointing."""
     logging: LoggingSection = field(default_factory=LoggingSection)
     """Logging."""
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     """Seed of python/numpy/torch and of the rollout sampler (process k adds k)."""
     device: Literal["auto", "cpu"] = "auto"
     """auto = what accelerate picks (GPU when present); cpu forces the CPU."""
@@ -232,32 +233,21 @@ class TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Reject combinations that cannot train; each message names the key to change."""
-    errors = []
-    if cfg.rollout.group_size < 2:
-        errors.append("rollout.group_size must be >= 2: GRPO compares rollouts of one question")
-    if not 0 <= cfg.rollout.sparse_group_size <= cfg.rollout.group_size:
+    """Reject values and combinations that cannot train, in one line; each message names the key to change.
+
+    Single-field ranges are declared on the fields (`Annotated[..., Range(...)]`, checked by
+    `vitos.config.check_ranges`, NaN / inf refused everywhere); the checks below relate two fields."""
+    errors = check_ranges(cfg)
+    if cfg.rollout.sparse_group_size > cfg.rollout.group_size:
         errors.append("rollout.sparse_group_size must be in 0..rollout.group_size (0 = group_size)")
-    if cfg.grpo.epochs < 1:
-        errors.append("grpo.epochs must be >= 1 (optimiser passes over one batch of rollouts)")
-    if cfg.logging.grad_cosine_every < 0:
-        errors.append("logging.grad_cosine_every must be >= 0 (0 = never)")
-    if not math.isfinite(cfg.rollout.temperature) or cfg.rollout.temperature <= 0:
-        errors.append("rollout.temperature must be > 0: greedy rollouts are identical and give zero advantage")
     if cfg.model.lora and not cfg.model.freeze_vision:
         errors.append("model.lora=true adapts the language model only; set model.freeze_vision=true or model.lora=false")
-    if cfg.schedule.total_steps < 1:
-        errors.append("schedule.total_steps must be >= 1")
-    if cfg.schedule.name == "stagewise" and not 0 <= cfg.schedule.stage1_steps <= cfg.schedule.total_steps:
+    if cfg.schedule.name == "stagewise" and cfg.schedule.stage1_steps > cfg.schedule.total_steps:
         errors.append("schedule.stage1_steps must be in 0..schedule.total_steps")
-    if cfg.optim.micro_batches < 1 or cfg.optim.micro_batches > cfg.data.batch_size * cfg.rollout.group_size:
+    if cfg.optim.micro_batches > cfg.data.batch_size * cfg.rollout.group_size:
         errors.append("optim.micro_batches must be in 1..data.batch_size * rollout.group_size (rows of the smallest update)")
-    if cfg.data.batch_size < 1 or cfg.logging.every < 1 or cfg.checkpoint.every < 0 or cfg.checkpoint.keep_last < 1:
-        errors.append("data.batch_size, logging.every and checkpoint.keep_last must be >= 1, checkpoint.every >= 0")
     if errors:
-        from vitos.config import ConfigError
-
-        raise ConfigError("invalid training config:\n  " + "\n  ".join(errors))
+        raise ConfigError("invalid training config: " + "; ".join(errors))
 
 
 def stage_of(cfg: TrainConfig, step: int) -> int:
