@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -139,18 +140,23 @@ def test_vqa_rad_limit_keeps_file_order_and_prompts_follow_the_kind():
     assert bench.prompt(open_sample).endswith("\nAnswer with a concise phrase.")
 
 
-def test_vqa_rad_malformed_copy_names_file_row_and_field(tmp_path):
+def test_vqa_rad_bad_row_is_skipped_and_named(tmp_path):
     records = json.loads((VQA_RAD_DIR / "VQA_RAD Dataset Public.json").read_text(encoding="utf-8"))[:3]
     del records[2]["answer"]
-    (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps(records), encoding="utf-8")
-    (tmp_path / "images").symlink_to(VQA_RAD_DIR / "images")
-    with pytest.raises(MalformedDataError, match=r"VQA_RAD Dataset Public\.json row 2: missing field 'answer'"):
-        BENCHMARKS["vqa_rad"].load(str(tmp_path), split="train")
-    records[2]["answer"] = "yes"
     records[1]["phrase_type"] = "validation"
     (tmp_path / "VQA_RAD Dataset Public.json").write_text(json.dumps(records), encoding="utf-8")
+    (tmp_path / "images").symlink_to(VQA_RAD_DIR / "images")
+    bench = BENCHMARKS["vqa_rad"]
+    report = bench.load_report(str(tmp_path), split="train")
+    assert [s.id for s in report.samples] == [str(records[0]["qid"])]
+    assert [r.where.rsplit("/", 1)[-1] for r in report.skipped] == [
+        "VQA_RAD Dataset Public.json row 1", "VQA_RAD Dataset Public.json row 2",
+    ]  # fmt: skip
+    assert "unknown phrase_type 'validation'" in report.skipped[0].reason
+    assert re.search(r"Public\.json row 2: missing field 'answer'", report.skipped[1].reason)
+    assert bench.load(str(tmp_path), split="train") == report.samples
     with pytest.raises(MalformedDataError, match=r"row 1: unknown phrase_type 'validation'"):
-        BENCHMARKS["vqa_rad"].load(str(tmp_path), split="train")
+        bench.load(str(tmp_path), split="train", strict=True)
 
 
 def test_vqa_rad_reads_the_hub_parquet_copy_too(tmp_path):
@@ -226,18 +232,28 @@ def test_slake_all_languages_keeps_chinese_rows_as_text_questions(slake_dir):
     assert len(samples) == 7
 
 
-def test_slake_malformed_rows_and_detection_files_name_the_problem(slake_dir):
+def test_slake_bad_rows_and_detection_files_are_skipped_and_named(slake_dir):
     detection = slake_dir / "imgs/xmlab1/detection.json"
     good = detection.read_text()
     detection.write_text(json.dumps([{"Liver": [1, 2, 3]}]))
-    with pytest.raises(MalformedDataError, match=r"detection\.json: box of 'Liver' must be 4 numbers"):
-        BENCHMARKS["slake"].load(str(slake_dir))
+    report = BENCHMARKS["slake"].load_report(str(slake_dir))
+    # every English row on xmlab1 needs that file; row 17 (xmlab2) survives
+    assert [s.id for s in report.samples] == ["17"]
+    assert [r.where.rsplit(" ", 1)[-1] for r in report.skipped] == ["0", "1", "2", "3", "4"]
+    assert all(re.search(r"detection\.json: box of 'Liver' must be 4 numbers", r.reason) for r in report.skipped)
     detection.write_text(good)
     rows = json.loads((slake_dir / "test.json").read_text(encoding="utf-8"))
     del rows[1]["answer_type"]
     (slake_dir / "test.json").write_text(json.dumps(rows), encoding="utf-8")
-    with pytest.raises(MalformedDataError, match=r"test\.json row 1: missing field 'answer_type'"):
-        BENCHMARKS["slake"].load(str(slake_dir))
+    report = BENCHMARKS["slake"].load_report(str(slake_dir))
+    assert len(report.samples) == 5 and len(report.skipped) == 1
+    assert re.search(r"test\.json row 1: missing field 'answer_type'", report.skipped[0].reason)
+
+
+def test_slake_kit_fields_keep_the_raw_answer(slake_dir):
+    samples = {s.id: s for s in Slake(languages=None).load(str(slake_dir))}
+    assert samples["11"].meta["kit"] == {"answer": "Yes", "answer_type": "CLOSED", "lang": "en"}
+    assert samples["16"].meta["kit"]["answer"] == "是"
 
 
 # =============================================================================================== PathVQA
@@ -261,6 +277,29 @@ def test_pathvqa_reads_hub_parquet_shards_in_order(tmp_path):
     assert a.images[0].size == (5, 3)
     assert (b.id, b.answer, b.kind, b.images[0].size) == ("test-1", "H&E", "open", (4, 4))
     assert len(BENCHMARKS["pathvqa"].load(str(tmp_path), split="train")) == 1
+
+
+def test_pathvqa_bad_row_is_skipped_and_named(tmp_path):
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", [
+        {"image": {"bytes": png_bytes(), "path": None}, "question": "is it?", "answer": None},
+        {"image": {"bytes": b"", "path": None}, "question": "what?", "answer": "gland"},
+        {"image": {"bytes": png_bytes(), "path": None}, "question": "what?", "answer": "gland"},
+    ])  # fmt: skip
+    report = BENCHMARKS["pathvqa"].load_report(str(tmp_path))
+    assert [s.id for s in report.samples] == ["test-2"]
+    assert re.search(r"test-00000-of-00001\.parquet row 0: missing field 'answer'", report.skipped[0].reason)
+    assert "row 1" in report.skipped[1].where and "holds no bytes" in report.skipped[1].reason
+    assert report.samples[0].meta["kit"] == {"answer": "gland"}
+
+
+def test_limit_counts_good_samples_and_stops_reading(tmp_path):
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", [
+        {"image": {"bytes": png_bytes(), "path": None}, "question": "q", "answer": None},
+        {"image": {"bytes": png_bytes(), "path": None}, "question": "q", "answer": "a"},
+        {"image": {"bytes": png_bytes(), "path": None}, "question": "q", "answer": None},
+    ])  # fmt: skip
+    report = BENCHMARKS["pathvqa"].load_report(str(tmp_path), limit=1)
+    assert [s.id for s in report.samples] == ["test-1"] and len(report.skipped) == 1
 
 
 def test_pathvqa_missing_column_and_missing_split_are_clear(tmp_path):
@@ -318,18 +357,20 @@ def test_pmc_vqa_version1_clean_csv_uses_answer_label(tmp_path):
     assert sample.images[0].endswith("images/PMC9_F1.jpg")
 
 
-def test_pmc_vqa_bad_answer_or_missing_image_names_row_and_field(tmp_path):
+def test_pmc_vqa_bad_rows_are_skipped_and_named(tmp_path):
     write_image(tmp_path / "figures" / "PMC1_F1.jpg")
     write_csv(tmp_path / "test_2.csv", V2_HEADER, [
         ["0", "PMC1_F1.jpg", "", "Q?", "A:CT", "B:MRI", "C:PET", "D:X-ray", "Z", "test"],
+        ["1", "missing.jpg", "", "Q?", "A:x", "B:y", "C:z", "D:w", "A", "test"],
+        ["2", "PMC1_F1.jpg", "", "Q?", " A:CT", "B:MRI", "C:PET", "D:X-ray", "B", "test"],
     ])  # fmt: skip
-    with pytest.raises(MalformedDataError, match=r"test_2\.csv row 0: field 'Answer' = 'Z' names none"):
-        BENCHMARKS["pmc_vqa"].load(str(tmp_path))
-    write_csv(tmp_path / "test_2.csv", V2_HEADER, [
-        ["0", "missing.jpg", "", "Q?", "A:x", "B:y", "C:z", "D:w", "A", "test"],
-    ])  # fmt: skip
-    with pytest.raises(FileNotFoundError, match=r"row 0: image 'missing\.jpg' not found"):
-        BENCHMARKS["pmc_vqa"].load(str(tmp_path))
+    report = BENCHMARKS["pmc_vqa"].load_report(str(tmp_path))
+    assert [s.id for s in report.samples] == ["test_2-2"]
+    assert re.search(r"test_2\.csv row 0: field 'Answer' = 'Z' names none", report.skipped[0].reason)
+    assert re.search(r"row 1: image 'missing\.jpg' not found", report.skipped[1].reason)
+    assert report.samples[0].meta["kit"] == {"choices": [" A:CT", "B:MRI", "C:PET", "D:X-ray"], "answer": "B"}
+    with pytest.raises(MalformedDataError, match="names none"):
+        BENCHMARKS["pmc_vqa"].load(str(tmp_path), strict=True)
 
 
 # =============================================================================================== OmniMedVQA
@@ -357,16 +398,24 @@ def test_omnimedvqa_open_access_json_to_choice_samples(tmp_path):
     assert (b.id, b.answer, b.options["C"], b.meta["modality_type"]) == ("Chest_0001", "C", "Pneumonia", "X-Ray")
 
 
-def test_omnimedvqa_answer_missing_from_options_is_an_error(tmp_path):
+def test_omnimedvqa_bad_row_and_bad_file_are_skipped_and_named(tmp_path):
     write_image(tmp_path / "Images/x.png")
     qa = tmp_path / "QA_information/Open-access"
     qa.mkdir(parents=True)
-    (qa / "X.json").write_text(json.dumps([{
-        "question_id": "X_0", "question": "q?", "gt_answer": "Maybe", "image_path": "Images/x.png",
-        "option_A": "Yes", "option_B": "No",
-    }]))  # fmt: skip
-    with pytest.raises(MalformedDataError, match=r"X\.json row 0: field 'gt_answer' = 'Maybe' equals none"):
-        BENCHMARKS["omnimedvqa"].load(str(tmp_path))
+    (qa / "X.json").write_text(json.dumps([
+        {"question_id": "X_0", "question": "q?", "gt_answer": "Maybe", "image_path": "Images/x.png",
+         "option_A": "Yes", "option_B": "No"},
+        {"question_id": "X_1", "question": "q?", "gt_answer": "No", "image_path": "Images/x.png",
+         "option_A": "Yes", "option_B": "No", "option_C": None},
+    ]))  # fmt: skip
+    (qa / "Y.json").write_text(json.dumps({"not": "a list"}))
+    report = BENCHMARKS["omnimedvqa"].load_report(str(tmp_path))
+    assert [s.id for s in report.samples] == ["X_1"]
+    assert len(report.skipped) == 2
+    assert re.search(r"X\.json row 0: field 'gt_answer' = 'Maybe' equals none", report.skipped[0].reason)
+    assert report.skipped[1].where.endswith("Y.json (whole file)")
+    # the kit's view: every option_X key present, null included; answer = the letter of the equal option
+    assert report.samples[0].meta["kit"] == {"choices": ["A. Yes", "B. No", "C. None"], "answer": "B"}
 
 
 # =============================================================================================== MMMU
@@ -417,24 +466,43 @@ def test_mmmu_med_five_subjects_placeholders_and_several_images(tmp_path):
     assert BENCHMARKS["mmmu_med"].prompt(dose) == "Dose in mg?\nAnswer with a concise phrase."
 
 
-def test_mmmu_med_placeholder_without_image_and_missing_subject_are_errors(tmp_path):
+def test_mmmu_med_bad_row_is_skipped_and_missing_subject_is_an_error(tmp_path):
     img = {"bytes": png_bytes(), "path": "x.png"}
     for subject in MMMU_SUBJECTS:
         write_parquet(
             tmp_path / subject / "validation-00000-of-00001.parquet",
-            [mmmu_row(f"{subject}_1", "See <image 2>.", "['a', 'b']", "A", images={1: img})],
-        )
-    with pytest.raises(MalformedDataError, match=r"row 0: text refers to <image 2> but field 'image_2' is empty"):
-        BENCHMARKS["mmmu_med"].load(str(tmp_path))
-    for subject in MMMU_SUBJECTS:
-        write_parquet(
-            tmp_path / subject / "validation-00000-of-00001.parquet",
-            [mmmu_row(f"{subject}_1", "See <image 1>.", "['a', 'b']", "A", images={1: img})],
-        )
-    assert len(BENCHMARKS["mmmu_med"].load(str(tmp_path))) == 5
+            [mmmu_row(f"{subject}_1", "See <image 2>.", "['a', 'b']", "A", images={1: img}),
+             mmmu_row(f"{subject}_2", "See <image 1>.", "['a', 'b']", "A", images={1: img})],
+        )  # fmt: skip
+    report = BENCHMARKS["mmmu_med"].load_report(str(tmp_path))
+    assert [s.id for s in report.samples] == [f"{subject}_2" for subject in MMMU_SUBJECTS]
+    assert len(report.skipped) == 5
+    assert re.search(r"row 0: text refers to <image 2> but field 'image_2' is empty", report.skipped[0].reason)
     (tmp_path / "Pharmacy" / "validation-00000-of-00001.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="Pharmacy"):
         BENCHMARKS["mmmu_med"].load(str(tmp_path), split="validation")
+
+
+def test_mmmu_med_first_image_only_as_medevalkit(tmp_path):
+    img = {"bytes": png_bytes((3, 2)), "path": "x.png"}
+    img_big = {"bytes": png_bytes((7, 5)), "path": "y.png"}
+    for subject in MMMU_SUBJECTS:
+        write_parquet(
+            tmp_path / subject / "validation-00000-of-00001.parquet",
+            [mmmu_row(f"{subject}_1", "Compare <image 1> and <image 2>.", "['<image 2> is larger', 'same']", "A",
+                      images={1: img, 2: img_big})],
+        )  # fmt: skip
+    from vitos.eval.benchmarks.mmmu_med import MMMUMed
+
+    all_images = BENCHMARKS["mmmu_med"].load(str(tmp_path))[0]
+    first = MMMUMed(images="first").load(str(tmp_path))[0]
+    assert [im.size for im in all_images.images] == [(3, 2), (7, 5)]
+    assert [im.size for im in first.images] == [(3, 2)]
+    assert first.question == "Compare image 1 and image 2." and first.options["A"] == "image 2 is larger"
+    assert first.meta["kit"] == {
+        "question_type": "multiple-choice", "answer": "A", "all_choices": ["A", "B"],
+        "index2ans": {"A": "<image 2> is larger", "B": "same"},
+    }  # fmt: skip
 
 
 # =============================================================================================== MedXpertQA
@@ -471,15 +539,27 @@ def test_medxpertqa_mm_jsonl_with_several_images(tmp_path):
     assert prompt.count("Erythema infectiosum") == 1 and "\nE. Erythema ab igne\n" in prompt
 
 
-def test_medxpertqa_bad_json_or_label_names_the_line(tmp_path):
+def test_medxpertqa_bad_lines_are_skipped_and_named(tmp_path):
     write_image(tmp_path / "images" / "MM-1-a.jpeg")
     (tmp_path / "MM").mkdir()
-    (tmp_path / "MM" / "test.jsonl").write_text(json.dumps(mxq_row("MM-1", ["MM-1-a.jpeg"])) + "\n{not json\n")
-    with pytest.raises(MalformedDataError, match=r"test\.jsonl line 2: not valid JSON"):
-        BENCHMARKS["medxpertqa"].load(str(tmp_path))
-    (tmp_path / "MM" / "test.jsonl").write_text(json.dumps(mxq_row("MM-1", ["MM-1-a.jpeg"], label="F")) + "\n")
-    with pytest.raises(MalformedDataError, match=r"line 1: field 'label' = 'F' is not one of the option letters"):
-        BENCHMARKS["medxpertqa"].load(str(tmp_path))
+    lines = [json.dumps(mxq_row("MM-1", ["MM-1-a.jpeg"])), "{not json", json.dumps(mxq_row("MM-2", ["MM-1-a.jpeg"], "F"))]
+    (tmp_path / "MM" / "test.jsonl").write_text("\n".join(lines) + "\n")
+    report = BENCHMARKS["medxpertqa"].load_report(str(tmp_path))
+    assert [s.id for s in report.samples] == ["MM-1"]
+    assert re.search(r"test\.jsonl line 2: not valid JSON", report.skipped[0].reason)
+    assert re.search(r"line 3: field 'label' = 'F' is not one of the option letters", report.skipped[1].reason)
+    kit = report.samples[0].meta["kit"]
+    assert kit["answer"] == "C" and kit["choices"][0] == "A. Erythema infectiosum" and len(kit["choices"]) == 5
+
+
+def test_medxpertqa_keeps_the_answer_choices_block_as_medevalkit(tmp_path):
+    write_image(tmp_path / "images" / "MM-1-a.jpeg")
+    (tmp_path / "MM").mkdir()
+    (tmp_path / "MM" / "test.jsonl").write_text(json.dumps(mxq_row("MM-1", ["MM-1-a.jpeg"])) + "\n")
+    from vitos.eval.benchmarks.medxpertqa import MedXpertQA
+
+    (kept,) = MedXpertQA(keep_choices_block=True).load(str(tmp_path))
+    assert kept.question.endswith("Answer Choices: (A) a (B) b (C) c (D) d (E) e")
 
 
 # =============================================================================================== prompts

@@ -72,6 +72,7 @@ __all__ = [
     "mmmu_parse_multi_choice",
     "mmmu_eval_open",
     "kit_fields",
+    "kit_judge_input",
     "judge_medevalkit",
 ]
 
@@ -365,6 +366,15 @@ def _mmmu(response: str, kit: Mapping[str, Any], sample_id: str) -> Judgement:
     failure = not response.strip()
     return Judgement(correct, response.strip() or None, failure, float(correct), float(correct),
                      "empty" if failure else None)
+
+
+def kit_judge_input(response: str | None, sample: Sample) -> str:
+    """The text the kit hands its LLM judge as "the user's answer": the boxed or <answer> content of the
+    response (VQA-RAD / PathVQA: lower-cased and stripped), as in their `cal_metrics`."""
+    text = _pre_extract("" if response is None else str(response))
+    if sample.meta.get("benchmark") == "slake":
+        return text
+    return text.lower().strip()
 
 
 def judge_medevalkit(response: str | None, sample: Sample, benchmark: str | None = None) -> Judgement:

@@ -8,6 +8,12 @@ labels questions itself (SLAKE's answer_type, where "Which is larger, liver or s
 as text) -- and otherwise when `sample.kind` is 'yes_no' or 'choice' (`Sample.closed`). The split only
 decides which sub-score a question lands in; correctness always comes from `vitos.answers.judge`.
 
+Intervals: every accuracy comes with a 95 % Wilson interval (`accuracy_ci95`, `closed_accuracy_ci95`,
+`open_accuracy_ci95`, percent; `vitos.stats.wilson_interval`), and the mean over benchmarks with
+`mean_ci95` = mean ± 1.96 * sqrt(sum_b p_b (1 - p_b) / n_b) / B (independent benchmarks, normal
+approximation; p_b the accuracy fraction of benchmark b, B the number of benchmarks). Paired intervals for
+comparing two runs on the same questions are `vitos.eval.compare`'s.
+
 "Relative performance" (the paper's 108.27% / 104.16%) is not defined in public material, so
 `relative_performance` reports both readings (REFERENCE.md section 1):
     mean_of_ratios = mean_b (100 * run_b / base_b)
@@ -22,14 +28,24 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from statistics import fmean
 from typing import Any
 
 from vitos.answers import Judgement
 from vitos.data.sample import Sample
+from vitos.stats import Z95, wilson_interval
 
-__all__ = ["is_closed", "score_benchmark", "aggregate", "relative_performance", "markdown_table"]
+__all__ = [
+    "is_closed",
+    "score_benchmark",
+    "aggregate",
+    "relative_performance",
+    "markdown_table",
+    "questions_digest",
+]
 
 
 def is_closed(sample: Sample) -> bool:
@@ -42,6 +58,18 @@ def _percent(values: Sequence[float]) -> float | None:
     return 100.0 * fmean(values) if values else None
 
 
+def _wilson_percent(values: Sequence[float]) -> list[float] | None:
+    if not values:
+        return None
+    low, high = wilson_interval(int(sum(values)), len(values))
+    return [100.0 * low, 100.0 * high]
+
+
+def questions_digest(ids: Iterable[str]) -> str:
+    """sha1 of the sorted question ids (one per line): two runs over the same questions share it."""
+    return hashlib.sha1("\n".join(sorted(map(str, ids))).encode("utf-8")).hexdigest()
+
+
 def score_benchmark(
     judgements: Sequence[Judgement],
     samples: Sequence[Sample],
@@ -50,8 +78,10 @@ def score_benchmark(
     """Scores of one benchmark run; judgements[i] judges samples[i].
 
     Returns accuracy, closed_accuracy, open_accuracy (percent; None when the benchmark has no such
-    questions), parse_failures (count), n, n_closed, n_open, open_recall, open_f1 (percent, mean over
-    open questions; None without open questions) and kept_token_ratio (fraction; None when not given).
+    questions) each with its 95 % Wilson interval (`*_ci95`, [low, high] in percent), n_correct,
+    parse_failures (count), n, n_closed, n_open, open_recall, open_f1 (percent, mean over open questions;
+    None without open questions), kept_token_ratio (fraction; None when not given) and questions_sha1
+    (`questions_digest` of the sample ids).
     """
     if len(judgements) != len(samples):
         raise ValueError(f"{len(judgements)} judgements for {len(samples)} samples; they must pair one to one")
@@ -67,8 +97,12 @@ def score_benchmark(
     open_judgements = [j for j, flag in zip(judgements, closed_flags) if not flag]
     return {
         "accuracy": _percent(correct),
+        "accuracy_ci95": _wilson_percent(correct),
         "closed_accuracy": _percent(closed),
+        "closed_accuracy_ci95": _wilson_percent(closed),
         "open_accuracy": _percent(open_),
+        "open_accuracy_ci95": _wilson_percent(open_),
+        "n_correct": int(sum(correct)),
         "parse_failures": sum(1 for j in judgements if j.parse_failure),
         "n": len(samples),
         "n_closed": len(closed),
@@ -76,6 +110,7 @@ def score_benchmark(
         "open_recall": _percent([j.recall for j in open_judgements]),
         "open_f1": _percent([j.f1 for j in open_judgements]),
         "kept_token_ratio": fmean(kept_ratios) if kept_ratios else None,
+        "questions_sha1": questions_digest(s.id for s in samples),
     }
 
 
@@ -85,12 +120,19 @@ def _benchmark_scores(scores: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]
 
 
 def aggregate(scores: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """A copy of `scores` (benchmark -> score dict) with `mean` = mean accuracy over the benchmarks (percent)."""
+    """A copy of `scores` (benchmark -> score dict) with `mean` = mean accuracy over the benchmarks (percent)
+    and `mean_ci95` (module docstring; None when a benchmark lacks its n)."""
     per_benchmark = _benchmark_scores(scores)
-    accuracies = [s["accuracy"] for s in per_benchmark.values() if s.get("accuracy") is not None]
-    if not accuracies:
+    used = [s for s in per_benchmark.values() if s.get("accuracy") is not None]
+    if not used:
         raise ValueError(f"no benchmark with an accuracy among {sorted(per_benchmark)}; nothing to average")
-    return {**per_benchmark, "mean": fmean(accuracies)}
+    mean = fmean(s["accuracy"] for s in used)
+    ci = None
+    if all(s.get("n") for s in used):
+        var = sum((s["accuracy"] / 100) * (1 - s["accuracy"] / 100) / s["n"] for s in used)
+        half = 100.0 * Z95 * math.sqrt(var) / len(used)
+        ci = [max(0.0, mean - half), min(100.0, mean + half)]
+    return {**per_benchmark, "mean": mean, "mean_ci95": ci}
 
 
 def relative_performance(

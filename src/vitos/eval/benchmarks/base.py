@@ -16,6 +16,15 @@ that says how to pass a local `data_dir` instead.
 `split="test"` always means "the split the benchmark is reported on" (for MMMU that is validation, whose
 answers are public); each module lists the splits it accepts.
 
+Bad rows: a row that cannot become a Sample (a missing field, an answer that names no option, a missing
+image, a line that is not JSON) is SKIPPED and reported, not fatal: `load_report(...)` returns the samples
+and one `SkippedRow(where, reason)` per bad row, naming the file and row; `load(...)` returns the samples
+only; `strict=True` raises the first row error instead. Problems with a whole file (missing, not the
+expected container, missing columns) still raise.
+
+Compat fields: each loader stores in `meta['kit']` what MedEvalKit would know about the row (the raw
+answer, the kit's choice strings, ...), which `vitos.eval.medevalkit` needs to reproduce its verdicts.
+
 Prompt format (MedEvalKit wording for the choice instruction, REFERENCE.md section 3):
     yes/no:  "<question>\\nAnswer yes or no."
     choice:  "<question>\\nA. <option>\\nB. <option>...\\nAnswer with the option's letter from the given
@@ -28,17 +37,21 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
-from itertools import islice
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 from vitos.data.sample import Sample
 
 __all__ = [
     "Benchmark",
     "MalformedDataError",
+    "SkippedRow",
+    "LoadReport",
+    "row_or_skip",
     "format_prompt",
+    "medevalkit_prompt",
     "require",
     "resolve_image",
     "image_from_cell",
@@ -63,6 +76,38 @@ class MalformedDataError(ValueError):
     """A release file does not have the shape its loader expects; the message names file, row and field."""
 
 
+@dataclass(frozen=True)
+class SkippedRow:
+    """One row a loader could not read: `where` names the file and row, `reason` is the full message."""
+
+    where: str
+    reason: str
+    error: BaseException | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class LoadReport:
+    """What `Benchmark.load_report` read: the samples and the rows it skipped."""
+
+    samples: list[Sample]
+    skipped: list[SkippedRow]
+
+
+ROW_ERRORS = (MalformedDataError, FileNotFoundError)
+"""Errors that condemn one row only (a missing image is a FileNotFoundError naming the row)."""
+
+RowItem = Union[Sample, SkippedRow]
+
+
+def row_or_skip(where: str, build: Callable[..., Sample | None], *args: Any) -> Sample | SkippedRow | None:
+    """`build(*args)` (a Sample, or None for a row outside the split), or a SkippedRow when it raises a row
+    error (MalformedDataError, FileNotFoundError)."""
+    try:
+        return build(*args)
+    except ROW_ERRORS as exc:
+        return SkippedRow(where, str(exc), exc)
+
+
 def format_prompt(sample: Sample) -> str:
     """The question, its options (choice questions) and the answer instruction for `sample.kind`."""
     if sample.kind not in INSTRUCTIONS:
@@ -74,6 +119,41 @@ def format_prompt(sample: Sample) -> str:
         lines += [f"{letter}. {text}" for letter, text in sample.options.items()]
     lines.append(INSTRUCTIONS[sample.kind])
     return "\n".join(lines)
+
+
+def medevalkit_prompt(sample: Sample) -> str:
+    """The question prompt MedEvalKit writes for `sample` (utils/question_formats.py, REASONING=False;
+    MMMU: utils/MMMU/data_utils.py `construct_prompt`), from `sample.meta['kit']` where the loader set it.
+
+    choice: "\\nQuestion: <q>\\nOptions: \\n<kit choices, one a line>\\nAnswer with the option's letter from the
+    given choices directly."; yes/no: "<q>\\nPlease output 'yes' or 'no'(no extra output)."; open: "<q>\\nPlease
+    answer the question concisely."; SLAKE closed: "<q>\\nAnswer the question using a single word or phrase."
+    (and the Chinese wordings for Chinese rows); MMMU: its own template with "(A) option" lines.
+    """
+    kit = sample.meta.get("kit") or {}
+    bench = sample.meta.get("benchmark")
+    q = sample.question
+    if bench == "mmmu_med":
+        if sample.kind == "choice":
+            letters = kit.get("all_choices") or list(sample.options or {})
+            texts = kit.get("index2ans") or dict(sample.options or {})
+            example = "".join(f"({c}) {texts[c]}\n" for c in letters)
+            return f"\n{q}\n\n{example}\n\n        Answer with the option's letter from the given choices directly."
+        return f"\n{q}\n\n        Answer the question using a single word or phrase."
+    zh = kit.get("lang") == "zh"
+    if sample.kind == "choice":
+        choices = kit.get("choices") or [f"{k}. {v}" for k, v in (sample.options or {}).items()]
+        options = "\n".join(str(c) for c in choices)
+        if zh:
+            return f"\n问题： {q}\n选项： \n{options}\n请直接使用给定选项中的选项字母来回答该问题。"
+        return f"\nQuestion: {q}\nOptions: \n{options}\nAnswer with the option's letter from the given choices directly."
+    if bench == "slake":
+        if kit.get("answer_type", "OPEN") == "OPEN":
+            return q + ("\n请简要回答该问题。" if zh else "\nPlease answer the question concisely.")
+        return q + ("\n请用一个单词或者短语回答该问题。" if zh else "\nAnswer the question using a single word or phrase.")
+    if sample.kind == "yes_no":
+        return q + "\nPlease output 'yes' or 'no'(no extra output)."
+    return q + "\nPlease answer the question concisely."
 
 
 def require(row: Mapping[str, Any], field: str, where: str, *, allow_empty: bool = False) -> Any:
@@ -193,9 +273,24 @@ class Benchmark:
     splits: ClassVar[tuple[str, ...]] = ("test",)
 
     def load(
-        self, data_dir: str | os.PathLike[str] | None = None, split: str = "test", limit: int | None = None
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        split: str = "test",
+        limit: int | None = None,
+        strict: bool = False,
     ) -> list[Sample]:
-        """Samples of `split` from `data_dir` (original release format) or, when None, from the hub copy."""
+        """Samples of `split` from `data_dir` (original release format) or, when None, from the hub copy.
+        Bad rows are skipped (see `load_report`); `strict=True` raises on the first one instead."""
+        return self.load_report(data_dir, split, limit, strict).samples
+
+    def load_report(
+        self,
+        data_dir: str | os.PathLike[str] | None = None,
+        split: str = "test",
+        limit: int | None = None,
+        strict: bool = False,
+    ) -> LoadReport:
+        """The first `limit` good samples of `split` and every bad row met on the way (file and row named)."""
         if split not in self.splits:
             raise ValueError(f"{self.name}: unknown split {split!r}; accepted: {list(self.splits)}")
         if limit is not None and limit < 0:
@@ -206,7 +301,20 @@ class Benchmark:
             root = Path(data_dir).expanduser()
             if not root.is_dir():
                 raise FileNotFoundError(f"{self.name}: data_dir {str(root)!r} is not a folder")
-        return list(islice(self.read(root, split), limit))
+        samples: list[Sample] = []
+        skipped: list[SkippedRow] = []
+        if limit == 0:
+            return LoadReport(samples, skipped)
+        for item in self.read(root, split):
+            if isinstance(item, SkippedRow):
+                if strict:
+                    raise item.error if item.error is not None else MalformedDataError(item.reason)
+                skipped.append(item)
+                continue
+            samples.append(item)
+            if limit is not None and len(samples) >= limit:
+                break
+        return LoadReport(samples, skipped)
 
     def fetch(self, split: str) -> Path:
         """Download the hub copy (lazily importing huggingface_hub) and return its local folder."""
@@ -217,8 +325,8 @@ class Benchmark:
         """(allow_patterns, zip files to extract) of the hub repository for `split`."""
         raise NotImplementedError
 
-    def read(self, root: Path, split: str) -> Iterator[Sample]:
-        """Yield the Samples of `split` from the local folder `root`."""
+    def read(self, root: Path, split: str) -> Iterator[RowItem]:
+        """Yield the Samples of `split` from the local folder `root`, and a SkippedRow for each bad row."""
         raise NotImplementedError
 
     def prompt(self, sample: Sample) -> str:

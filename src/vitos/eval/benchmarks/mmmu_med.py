@@ -12,7 +12,11 @@ hidden, and the reported Health & Medicine numbers are on validation); "dev" is 
 
 Images: the non-null image_k columns in k order. Placeholders `<image k>` in the question and options are
 rewritten to "image p", p being that image's 1-based position in `Sample.images`, so the text keeps
-pointing at the right picture; a placeholder whose column is empty is an error.
+pointing at the right picture; a placeholder whose column is empty makes the row bad. MedEvalKit shows
+the model `image_1` only (MMMU/data_utils.py `process_single_sample`): `MMMUMed(images="first")`, the
+protocol option `mmmu_images="first"`, keeps image_1 alone and writes every `<image k>` as "image k".
+Bad rows are skipped and reported by `load_report`, naming the file and row.
+`meta['kit']`: the kit's question_type, raw answer, letters and raw option texts (`index2ans`).
 Kind: 'choice' (letters A.. over the options list; answer = the letter) for multiple-choice rows,
 'open' otherwise. ASSUMPTION: an open answer written as a list literal ("['6', '6.0']") lists accepted
 variants; the first becomes `answer`, all are kept in meta['answers'].
@@ -27,7 +31,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vitos.data.sample import Sample
-from vitos.eval.benchmarks.base import Benchmark, MalformedDataError, image_from_cell, read_parquet_rows, require
+from vitos.eval.benchmarks.base import (
+    Benchmark,
+    MalformedDataError,
+    RowItem,
+    image_from_cell,
+    read_parquet_rows,
+    require,
+    row_or_skip,
+)
 
 SUBJECTS = (
     "Basic_Medical_Science",
@@ -58,10 +70,15 @@ class MMMUMed(Benchmark):
     hub_id = "MMMU/MMMU"
     splits = tuple(SPLIT_ALIASES)
 
+    def __init__(self, images: str = "all") -> None:
+        if images not in ("all", "first"):
+            raise ValueError(f"images must be 'all' or 'first', got {images!r}")
+        self.images = images
+
     def hub_files(self, split: str) -> tuple[list[str], list[str]]:
         return [f"{s}/{SPLIT_ALIASES[split]}-*.parquet" for s in SUBJECTS], []
 
-    def read(self, root: Path, split: str) -> Iterator[Sample]:
+    def read(self, root: Path, split: str) -> Iterator[RowItem]:
         real_split = SPLIT_ALIASES[split]
         for subject in SUBJECTS:
             files = sorted((root / subject).glob(f"{real_split}-*.parquet"))
@@ -71,19 +88,26 @@ class MMMUMed(Benchmark):
                 )
             for path in files:
                 for i, row in enumerate(read_parquet_rows(path, ["id", "question", "options", "answer"])):
-                    yield self._sample(row, f"{path} row {i}", subject, real_split)
+                    where = f"{path} row {i}"
+                    item = row_or_skip(where, self._sample, row, where, subject, real_split)
+                    if item is not None:
+                        yield item
 
     def _sample(self, row: dict, where: str, subject: str, split: str) -> Sample:
         images, position = [], {}
-        for k in range(1, MAX_IMAGES + 1):
+        for k in range(1, (1 if self.images == "first" else MAX_IMAGES) + 1):
             cell = row.get(f"image_{k}")
             if cell is not None and (not isinstance(cell, dict) or cell.get("bytes")):
                 images.append(image_from_cell(cell, f"{where} image_{k}"))
                 position[k] = len(images)
+        if not images:
+            raise MalformedDataError(f"{where}: no image (field 'image_1' is empty)")
 
         def rewrite(text: str) -> str:
             def sub(m: re.Match[str]) -> str:
                 k = int(m.group(1))
+                if self.images == "first":
+                    return f"image {k}"
                 if k not in position:
                     raise MalformedDataError(f"{where}: text refers to <image {k}> but field 'image_{k}' is empty")
                 return f"image {position[k]}"
@@ -91,9 +115,11 @@ class MMMUMed(Benchmark):
             return _PLACEHOLDER.sub(sub, text).strip()
 
         question = rewrite(str(require(row, "question", where)))
-        options_list = [rewrite(o) for o in _literal_list(require(row, "options", where), where, "options")]
+        raw_options = _literal_list(require(row, "options", where), where, "options")
+        options_list = [rewrite(o) for o in raw_options]
         raw_answer = str(require(row, "answer", where)).strip()
         question_type = row.get("question_type") or ("multiple-choice" if options_list else "open")
+        letters = list(string.ascii_uppercase[: len(raw_options)])
         meta = {
             "benchmark": self.name,
             "split": split,
@@ -102,6 +128,12 @@ class MMMUMed(Benchmark):
             "question_type": question_type,
             "img_type": row.get("img_type"),
             "topic_difficulty": row.get("topic_difficulty"),
+            "kit": {
+                "question_type": question_type,
+                "answer": str(row["answer"]),
+                "all_choices": letters,
+                "index2ans": dict(zip(letters, raw_options)),
+            },
         }
         if question_type == "multiple-choice":
             if len(options_list) < 2:

@@ -13,7 +13,9 @@ Figure_path, Question, Choice A..Choice D, and the answer as `Answer_label` (a l
 that column is absent, `Answer`. ASSUMPTIONS: option cells carry a letter prefix ("A:Diffuse uptake
 pattern", spaces allowed), which is removed; version 2 stores the letter in `Answer` (as MedEvalKit's
 use of it implies) -- a letter, "B:text" or the text of one option are all accepted. Empty option cells
-are dropped. An answer that names no option is an error naming the file, row and field.
+are dropped. A bad row (an answer that names no option, fewer than two options, a missing image) is
+skipped and reported by `load_report`, naming the file, row and field. `meta['kit']` keeps the raw choice
+cells and the raw answer cell, which MedEvalKit compares as they are.
 Ids: "<csv stem>-<row number>" (row numbers count data rows from 0).
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from vitos.answers import normalize_text
 from vitos.data.sample import Sample
-from vitos.eval.benchmarks.base import Benchmark, MalformedDataError, require, resolve_image
+from vitos.eval.benchmarks.base import Benchmark, MalformedDataError, RowItem, require, resolve_image, row_or_skip
 
 SPLIT_FILES = {"test": "test_2.csv", "test_clean": "test_clean.csv", "test_v1": "test.csv", "train": "train_2.csv"}
 IMAGE_DIRS = ("figures", "images", "images_2", "")
@@ -63,7 +65,7 @@ class PMCVQA(Benchmark):
         zips = ["images_2.zip"] if SPLIT_FILES[split].endswith("_2.csv") else ["images.zip"]
         return [SPLIT_FILES[split], *zips], zips
 
-    def read(self, root: Path, split: str) -> Iterator[Sample]:
+    def read(self, root: Path, split: str) -> Iterator[RowItem]:
         path = root / SPLIT_FILES[split]
         if not path.is_file():
             raise FileNotFoundError(f"{self.name}: {path} not found (split {split!r} reads {SPLIT_FILES[split]})")
@@ -78,20 +80,30 @@ class PMCVQA(Benchmark):
                 raise MalformedDataError(f"{path}: needs an 'Answer_label' or 'Answer' column (columns: {header})")
             for i, row in enumerate(reader):
                 where = f"{path} row {i}"
-                options = {
-                    letter: _option_text(row[f"Choice {letter}"])
-                    for letter in LETTERS
-                    if (row.get(f"Choice {letter}") or "").strip()
-                }
-                if len(options) < 2:
-                    raise MalformedDataError(f"{where}: fewer than two non-empty 'Choice X' fields ({options})")
-                figure = str(require(row, "Figure_path", where)).strip()
-                yield Sample(
-                    id=f"{path.stem}-{i}",
-                    images=[resolve_image(root, figure, where, subdirs=IMAGE_DIRS)],
-                    question=str(require(row, "Question", where)).strip(),
-                    answer=_answer_letter(row, options, where),
-                    kind="choice",
-                    options=options,
-                    meta={"benchmark": self.name, "split": split, "figure_path": figure},
-                )
+                item = row_or_skip(where, self._sample, root, path, row, where, split, i, header)
+                if item is not None:
+                    yield item
+
+    def _sample(self, root: Path, path: Path, row: dict, where: str, split: str, i: int, header: list) -> Sample:
+        options = {
+            letter: _option_text(row[f"Choice {letter}"])
+            for letter in LETTERS
+            if (row.get(f"Choice {letter}") or "").strip()
+        }
+        if len(options) < 2:
+            raise MalformedDataError(f"{where}: fewer than two non-empty 'Choice X' fields ({options})")
+        figure = str(require(row, "Figure_path", where)).strip()
+        kit_answer_field = "Answer_label" if (row.get("Answer_label") or "").strip() else "Answer"
+        kit = {
+            "choices": [row.get(f"Choice {letter}") or "" for letter in LETTERS if f"Choice {letter}" in header],
+            "answer": row.get(kit_answer_field) or "",
+        }
+        return Sample(
+            id=f"{path.stem}-{i}",
+            images=[resolve_image(root, figure, where, subdirs=IMAGE_DIRS)],
+            question=str(require(row, "Question", where)).strip(),
+            answer=_answer_letter(row, options, where),
+            kind="choice",
+            options=options,
+            meta={"benchmark": self.name, "split": split, "figure_path": figure, "kit": kit},
+        )

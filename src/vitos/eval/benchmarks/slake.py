@@ -20,7 +20,11 @@ and several boxes per name are accepted too. A box is attached when the English 
 organ: first the full name as whole words ("left lung"; a plural "s" allowed), and when no full name
 matches, the name's last word ("lung" -> both "Left Lung" and "Right Lung"). Boxes become normalised
 [x1, y1, x2, y2] in [0, 1] (clipped). Chinese questions, unmatched questions and images without
-detection.json get no boxes. A detection.json that cannot be read is an error naming the file.
+detection.json get no boxes. A row that cannot be read (a missing field, a missing image, a detection.json
+that cannot be read) is skipped and reported by `load_report`, naming the file and row.
+
+MedEvalKit scores both languages (all 2,094 test rows): `Slake(languages=None)`, the protocol option
+`slake_languages="all"`. `meta['kit']` keeps the raw answer and answer_type the kit compares.
 """
 
 from __future__ import annotations
@@ -33,7 +37,15 @@ from typing import Any
 
 from vitos.answers import normalize_text
 from vitos.data.sample import Sample
-from vitos.eval.benchmarks.base import YES_NO, Benchmark, MalformedDataError, require, resolve_image
+from vitos.eval.benchmarks.base import (
+    YES_NO,
+    Benchmark,
+    MalformedDataError,
+    RowItem,
+    require,
+    resolve_image,
+    row_or_skip,
+)
 
 
 def parse_detection(data: Any, where: str) -> list[tuple[str, list[float]]]:
@@ -90,7 +102,7 @@ class Slake(Benchmark):
     def hub_files(self, split: str) -> tuple[list[str], list[str]]:
         return [f"{split}.json", "imgs.zip"], ["imgs.zip"]
 
-    def read(self, root: Path, split: str) -> Iterator[Sample]:
+    def read(self, root: Path, split: str) -> Iterator[RowItem]:
         path = root / f"{split}.json"
         if not path.is_file():
             raise FileNotFoundError(f"{self.name}: {path} not found (expected the release's {split}.json)")
@@ -101,47 +113,57 @@ class Slake(Benchmark):
         detection_cache: dict[Path, list[tuple[str, list[float]]]] = {}
         for i, row in enumerate(records):
             where = f"{path} row {i}"
-            lang = str(require(row, "q_lang", where)).strip()
-            if self.languages is not None and lang not in self.languages:
-                continue
-            answer_type = str(require(row, "answer_type", where)).strip().upper()
-            if answer_type not in ("OPEN", "CLOSED"):
-                raise MalformedDataError(f"{where}: answer_type {answer_type!r} is neither OPEN nor CLOSED")
-            img_name = str(require(row, "img_name", where)).strip()
-            image = resolve_image(root, img_name, where, subdirs=("imgs",))
-            question = str(require(row, "question", where)).strip()
-            answer = str(require(row, "answer", where)).strip()
-            kind = "open"
-            if lang == "en" and answer.lower() in YES_NO:
-                answer, kind = answer.lower(), "yes_no"
-            boxes: list[list[float]] = []
-            if lang == "en":
-                detections = self._detections(Path(image).parent / "detection.json", detection_cache)
-                if detections:
-                    from PIL import Image
+            item = row_or_skip(where, self._sample, root, row, where, split, detection_cache)
+            if item is not None:
+                yield item
 
-                    with Image.open(image) as im:
-                        width, height = im.size
-                    boxes = match_boxes(question, detections, width, height)
-            yield Sample(
-                id=str(require(row, "qid", where)),
-                images=[image],
-                question=question,
-                answer=answer,
-                kind=kind,
-                boxes=boxes,
-                meta={
-                    "benchmark": self.name,
-                    "split": split,
-                    "closed": answer_type == "CLOSED",
-                    "answer_type": answer_type,
-                    "q_lang": lang,
-                    "content_type": row.get("content_type"),
-                    "modality": row.get("modality"),
-                    "location": row.get("location"),
-                    "img_id": row.get("img_id"),
-                },
-            )
+    def _sample(
+        self, root: Path, row: dict, where: str, split: str, cache: dict[Path, list[tuple[str, list[float]]]]
+    ) -> Sample | None:
+        lang = str(require(row, "q_lang", where)).strip()
+        if self.languages is not None and lang not in self.languages:
+            return None
+        raw_answer_type = require(row, "answer_type", where)
+        answer_type = str(raw_answer_type).strip().upper()
+        if answer_type not in ("OPEN", "CLOSED"):
+            raise MalformedDataError(f"{where}: answer_type {answer_type!r} is neither OPEN nor CLOSED")
+        img_name = str(require(row, "img_name", where)).strip()
+        image = resolve_image(root, img_name, where, subdirs=("imgs",))
+        question = str(require(row, "question", where)).strip()
+        raw_answer = require(row, "answer", where)
+        answer = str(raw_answer).strip()
+        kind = "open"
+        if lang == "en" and answer.lower() in YES_NO:
+            answer, kind = answer.lower(), "yes_no"
+        boxes: list[list[float]] = []
+        if lang == "en":
+            detections = self._detections(Path(image).parent / "detection.json", cache)
+            if detections:
+                from PIL import Image
+
+                with Image.open(image) as im:
+                    width, height = im.size
+                boxes = match_boxes(question, detections, width, height)
+        return Sample(
+            id=str(require(row, "qid", where)),
+            images=[image],
+            question=question,
+            answer=answer,
+            kind=kind,
+            boxes=boxes,
+            meta={
+                "benchmark": self.name,
+                "split": split,
+                "closed": answer_type == "CLOSED",
+                "answer_type": answer_type,
+                "q_lang": lang,
+                "content_type": row.get("content_type"),
+                "modality": row.get("modality"),
+                "location": row.get("location"),
+                "img_id": row.get("img_id"),
+                "kit": {"answer": str(raw_answer), "answer_type": str(raw_answer_type), "lang": lang},
+            },
+        )
 
     @staticmethod
     def _detections(path: Path, cache: dict[Path, list[tuple[str, list[float]]]]) -> list[tuple[str, list[float]]]:
