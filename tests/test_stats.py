@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vitos.stats import (
+    bootstrap_replicate_means,
     mcnemar_exact,
     mean_ci,
     paired_bootstrap,
@@ -145,3 +146,16 @@ def test_bootstrap_custom_stat_and_validation():
         paired_bootstrap([1, 0], [1])
     with pytest.raises(ValueError):
         paired_bootstrap([], [])
+
+
+def test_replicate_means_are_the_bootstrap_resamples():
+    rng = np.random.default_rng(5)
+    a = (rng.random(120) < 0.7).astype(float)
+    b = (rng.random(120) < 0.5).astype(float)
+    ma, mb = bootstrap_replicate_means(a, b, n_boot=300, seed=9)
+    assert ma.shape == mb.shape == (300,)
+    ratio, low, high, _ = paired_bootstrap_ratio(a, b, n_boot=300, seed=9)
+    reps = ma / mb
+    assert (low, high) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
+    diff, dlow, dhigh, _ = paired_bootstrap(a, b, n_boot=300, seed=9)
+    assert (dlow, dhigh) == pytest.approx(tuple(np.quantile(ma - mb, [0.025, 0.975])))

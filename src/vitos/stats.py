@@ -12,6 +12,8 @@ API
   -> (observed, ci_low, ci_high, p): paired percentile bootstrap of mean(a) - mean(b) (or any `stat`).
 * `paired_bootstrap_ratio(a, b, n_boot=2000, seed=0, level=0.95)` -> (ratio, ci_low, ci_high, p):
   the same for the ratio mean(a) / mean(b) (a "relative performance"), tested against ratio = 1.
+* `bootstrap_replicate_means(a, b, n_boot=2000, seed=0)` -> (means_a, means_b): the per-replicate means of
+  the same paired resamples (for statistics over several benchmarks, resampled per benchmark).
 * `mean_ci(values, level=0.95)` -> (mean, low, high): Student-t interval of a mean (e.g. over seeds).
 * `t_quantile(q, df)`: quantile of Student's t, computed (not tabulated) from the regularised incomplete
   beta function by bisection; `student_t_cdf(t, df)` is its CDF.
@@ -31,6 +33,7 @@ __all__ = [
     "mean_ratio",
     "paired_bootstrap",
     "paired_bootstrap_ratio",
+    "bootstrap_replicate_means",
     "mean_ci",
     "t_quantile",
     "student_t_cdf",
@@ -119,14 +122,20 @@ def _paired_arrays(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, 
 
 
 def _bootstrap_replicates(
-    a: np.ndarray, b: np.ndarray, stat: Callable[[np.ndarray, np.ndarray], np.ndarray], n_boot: int, seed: int
+    a: np.ndarray,
+    b: np.ndarray,
+    stat: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    n_boot: int,
+    seed: int,
+    width: int | None = None,
 ) -> np.ndarray:
-    """`n_boot` values of `stat` on paired resamples (the same question indices for a and b)."""
+    """`n_boot` values of `stat` on paired resamples (the same question indices for a and b); `width` =
+    how many values `stat` returns per replicate (None: one)."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     rng = np.random.default_rng(seed)
     n = a.size
-    out = np.empty(n_boot, dtype=np.float64)
+    out = np.empty(n_boot if width is None else (n_boot, width), dtype=np.float64)
     chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))  # bound memory to ~32 MB of indices
     for start in range(0, n_boot, chunk):
         stop = min(n_boot, start + chunk)
@@ -205,6 +214,22 @@ def paired_bootstrap_ratio(
     if not math.isfinite(log_obs):
         return observed, low, high, math.nan
     return observed, low, high, _centred_p(log_reps, log_obs, 0.0)
+
+
+def bootstrap_replicate_means(
+    a: Sequence[float], b: Sequence[float], n_boot: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean(a*), mean(b*)) of each of `n_boot` paired resamples, shape (n_boot,) each.
+
+    The resamples are exactly those `paired_bootstrap` / `paired_bootstrap_ratio` draw for the same
+    `seed`, so a statistic built from them (e.g. a mean of per-benchmark ratios, each benchmark resampled
+    on its own) agrees replicate by replicate with the per-benchmark intervals.
+    """
+    a_arr, b_arr = _paired_arrays(a, b)
+    both = np.stack([a_arr, b_arr])  # (2, n): one resample of the columns applies to both rows
+    reps = _bootstrap_replicates(both[0], both[1], lambda x, y: np.stack([x.mean(-1), y.mean(-1)], -1), n_boot,
+                                 seed, width=2)  # fmt: skip
+    return reps[:, 0], reps[:, 1]
 
 
 # --------------------------------------------------------------------------------------------------
