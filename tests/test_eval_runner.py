@@ -385,7 +385,7 @@ def test_main_compare_reports_both_relative_performance_readings(tmp_path, capsy
     assert "pathvqa" in result["skipped"]
     assert main_compare([str(tmp_path / "vitos"), str(tmp_path / "full")]) == 0
     table = capsys.readouterr().out
-    assert "| vqa_rad | 60.0 | 50.0 | 120.00 | 0.300 | 1.000 |" in table
+    assert "| vqa_rad | – | 60.0 – | 50.0 – | 120.00 – | – | – | 0.300 | 1.000 |" in table  # no n, no predictions
     assert "mean of per-benchmark ratios: 100.00%" in table
     assert main_compare([str(tmp_path / "vitos"), str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err

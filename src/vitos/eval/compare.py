@@ -1,4 +1,4 @@
-"""`vitos compare RUN BASELINE`: relative performance of one eval run against another, per benchmark.
+"""`vitos compare RUN BASELINE`: relative performance of one eval run against another, with paired intervals.
 
     vitos compare runs/lingshu/vitos runs/lingshu/full          # the paper's "relative performance"
     vitos compare runs/lingshu/vitos runs/lingshu/full --json   # machine-readable
@@ -8,6 +8,17 @@ Both arguments are `vitos eval` output folders (or their scores.json files). Rel
 not say how it averages over benchmarks, so both readings are printed (`vitos.eval.scoring.
 relative_performance`): the mean of per-benchmark ratios and the ratio of mean accuracies. A benchmark
 whose baseline accuracy is 0 has no ratio; it is listed as skipped. Kept-token ratios are shown beside.
+
+Same questions: the two runs must have scored the same questions of every common benchmark (the ids in
+their predictions.jsonl, or the `questions_sha1` of their scores.json); otherwise compare refuses, unless
+`--allow-different-questions` (then the paired statistics use the questions both scored and say so).
+
+Intervals (95 %): each accuracy with its Wilson interval (from scores.json); per benchmark the paired
+bootstrap interval of the ratio run/baseline and its p-value (`vitos.stats.paired_bootstrap_ratio`, H0
+ratio = 1, on the per-question 0/1 verdicts of both runs) and the exact McNemar p (`mcnemar_exact`); for
+the two averages a stratified paired bootstrap (each benchmark's questions resampled on their own, the
+same replicates as the per-benchmark intervals). `--n-boot` replicates (default 2000), `--seed`.
+Without predictions.jsonl (a scores.json given) there are no paired intervals.
 """
 
 from __future__ import annotations
@@ -16,20 +27,32 @@ import argparse
 import json
 import os
 import sys
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vitos.eval.scoring import relative_performance
+import numpy as np
 
-__all__ = ["load_scores", "compare_runs", "format_comparison", "main_compare"]
+from vitos.eval.predictions import read_predictions
+from vitos.eval.scoring import relative_performance
+from vitos.stats import bootstrap_replicate_means, mcnemar_exact, paired_bootstrap_ratio
+
+__all__ = ["load_scores", "compare_runs", "format_comparison", "main_compare", "DifferentQuestionsError"]
+
+
+class DifferentQuestionsError(ValueError):
+    """The two runs scored different question sets; comparing them needs `allow_different_questions`."""
+
+
+def _scores_path(run: str | os.PathLike[str]) -> Path:
+    path = Path(run).expanduser()
+    return path / "scores.json" if path.is_dir() else path
 
 
 def load_scores(run: str | os.PathLike[str]) -> dict[str, Any]:
     """scores.json of a run folder (or the file itself); FileNotFoundError / ValueError say what is wrong."""
-    path = Path(run).expanduser()
-    if path.is_dir():
-        path = path / "scores.json"
+    path = _scores_path(run)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is {run} a finished `vitos eval` output folder?")
     try:
@@ -41,22 +64,106 @@ def load_scores(run: str | os.PathLike[str]) -> dict[str, Any]:
     return scores
 
 
-def compare_runs(run: str | os.PathLike[str], baseline: str | os.PathLike[str]) -> dict[str, Any]:
-    """Relative performance of `run` against `baseline` plus per-benchmark accuracies and kept ratios."""
+def _verdicts(run: str | os.PathLike[str], benchmark: str) -> dict[str, float] | None:
+    """id -> 1.0/0.0 from RUN/<benchmark>/predictions.jsonl, or None when the file is not there."""
+    path = _scores_path(run).parent / benchmark / "predictions.jsonl"
+    if not path.is_file():
+        return None
+    return {i: float(bool(r.get("correct"))) for i, r in read_predictions(path).items()}
+
+
+def _ci(reps: np.ndarray) -> list[float] | None:
+    finite = reps[np.isfinite(reps)]
+    if finite.size == 0:
+        return None
+    low, high = np.quantile(finite, [0.025, 0.975])
+    return [float(low), float(high)]
+
+
+def compare_runs(
+    run: str | os.PathLike[str],
+    baseline: str | os.PathLike[str],
+    allow_different_questions: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Relative performance of `run` against `baseline`, per-benchmark accuracies (with intervals), kept
+    ratios, paired intervals and tests (module docstring). Raises DifferentQuestionsError when the runs
+    scored different questions and `allow_different_questions` is False."""
     a, b = load_scores(run), load_scores(baseline)
     rel = relative_performance(a, b)
-    rows = []
-    for name in sorted(set(rel["per_benchmark"]) | set(rel["skipped"])):
-        rows.append(
-            {
-                "benchmark": name,
-                "run_accuracy": a[name].get("accuracy"),
-                "baseline_accuracy": b[name].get("accuracy"),
-                "relative": rel["per_benchmark"].get(name),
-                "run_kept": a[name].get("kept_token_ratio"),
-                "baseline_kept": b[name].get("kept_token_ratio"),
-            }
+    names = sorted(set(rel["per_benchmark"]) | set(rel["skipped"]))
+
+    paired: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    notes: list[str] = []
+    mismatched: list[str] = []
+    for name in names:
+        va, vb = _verdicts(run, name), _verdicts(baseline, name)
+        if va is not None and vb is not None:
+            same = set(va) == set(vb)
+            common = sorted(set(va) & set(vb))
+        else:
+            ha, hb = a[name].get("questions_sha1"), b[name].get("questions_sha1")
+            same = ha is None or hb is None or ha == hb
+            common = []
+        if not same:
+            mismatched.append(f"{name} ({len(va or {})} vs {len(vb or {})} questions, {len(common)} in common)"
+                              if va is not None and vb is not None else f"{name} (questions_sha1 differ)")  # fmt: skip
+        if common:
+            paired[name] = (np.array([va[i] for i in common]), np.array([vb[i] for i in common]))  # type: ignore[index]
+    if mismatched and not allow_different_questions:
+        raise DifferentQuestionsError(
+            f"the runs scored different questions: {', '.join(mismatched)}; compare runs over the same "
+            "questions (same --split, --limit, data), or pass --allow-different-questions"
         )
+    if mismatched:
+        notes.append(f"different question sets ({', '.join(mismatched)}): paired statistics use the common questions")
+
+    rows = []
+    reps_run: dict[str, np.ndarray] = {}
+    reps_base: dict[str, np.ndarray] = {}
+    for name in names:
+        row = {
+            "benchmark": name,
+            "n_run": a[name].get("n"),
+            "n_baseline": b[name].get("n"),
+            "run_accuracy": a[name].get("accuracy"),
+            "run_accuracy_ci95": a[name].get("accuracy_ci95"),
+            "baseline_accuracy": b[name].get("accuracy"),
+            "baseline_accuracy_ci95": b[name].get("accuracy_ci95"),
+            "relative": rel["per_benchmark"].get(name),
+            "relative_ci95": None,
+            "relative_p": None,
+            "mcnemar_p": None,
+            "n_paired": 0,
+            "run_kept": a[name].get("kept_token_ratio"),
+            "baseline_kept": b[name].get("kept_token_ratio"),
+        }
+        if name in paired:
+            x, y = paired[name]
+            bench_seed = seed + zlib.crc32(name.encode())
+            row["n_paired"] = int(x.size)
+            row["mcnemar_p"] = mcnemar_exact(int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum()))
+            if name in rel["per_benchmark"]:
+                _, low, high, p = paired_bootstrap_ratio(x, y, n_boot=n_boot, seed=bench_seed)
+                row["relative_ci95"] = None if np.isnan(low) else [100 * low, 100 * high]
+                row["relative_p"] = None if np.isnan(p) else p
+                reps_run[name], reps_base[name] = bootstrap_replicate_means(x, y, n_boot=n_boot, seed=bench_seed)
+        rows.append(row)
+
+    used = rel["benchmarks"]
+    aggregate_ci: dict[str, list[float] | None] = {"mean_of_ratios_ci95": None, "ratio_of_means_ci95": None}
+    if used and all(n in reps_run for n in used):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.stack([reps_run[n] / reps_base[n] for n in used])  # (B, n_boot)
+            mean_of_ratios = 100 * ratios.mean(axis=0)
+            ratio_of_means = 100 * np.stack([reps_run[n] for n in used]).mean(0) / np.stack(
+                [reps_base[n] for n in used]
+            ).mean(0)
+        aggregate_ci = {"mean_of_ratios_ci95": _ci(mean_of_ratios), "ratio_of_means_ci95": _ci(ratio_of_means)}
+    elif used:
+        notes.append("no predictions.jsonl for every benchmark of both runs: no paired intervals")
+
     return {
         "run": str(run),
         "baseline": str(baseline),
@@ -64,6 +171,10 @@ def compare_runs(run: str | os.PathLike[str], baseline: str | os.PathLike[str]) 
         "baseline_mode": b.get("mode"),
         "rows": rows,
         **rel,
+        **aggregate_ci,
+        "n_boot": n_boot,
+        "seed": seed,
+        "notes": notes,
     }
 
 
@@ -71,27 +182,41 @@ def _f(value: float | None, fmt: str) -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _ci_text(ci: list[float] | None, fmt: str = ".1f") -> str:
+    return "–" if not ci else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
+
+
 def format_comparison(result: Mapping[str, Any]) -> str:
-    """A markdown table of `compare_runs` output and the two averages."""
+    """A markdown table of `compare_runs` output and the two averages, with 95 % intervals."""
     lines = [
         f"run {result['run']} ({result.get('run_mode') or '?'}) vs baseline {result['baseline']} "
         f"({result.get('baseline_mode') or '?'})",
         "",
-        "| benchmark | run acc | baseline acc | relative % | run kept | baseline kept |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| benchmark | n | run acc [95 % CI] | baseline acc [95 % CI] | relative % [95 % CI] | p (bootstrap) | "
+        "p (McNemar) | run kept | baseline kept |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
+        n = r["n_paired"] or r["n_run"]
         lines.append(
-            f"| {r['benchmark']} | {_f(r['run_accuracy'], '.1f')} | {_f(r['baseline_accuracy'], '.1f')} | "
-            f"{_f(r['relative'], '.2f')} | {_f(r['run_kept'], '.3f')} | {_f(r['baseline_kept'], '.3f')} |"
+            f"| {r['benchmark']} | {n if n is not None else '–'} | {_f(r['run_accuracy'], '.1f')} "
+            f"{_ci_text(r['run_accuracy_ci95'])} | {_f(r['baseline_accuracy'], '.1f')} "
+            f"{_ci_text(r['baseline_accuracy_ci95'])} | {_f(r['relative'], '.2f')} {_ci_text(r['relative_ci95'], '.2f')} | "
+            f"{_f(r['relative_p'], '.3g')} | {_f(r['mcnemar_p'], '.3g')} | {_f(r['run_kept'], '.3f')} | "
+            f"{_f(r['baseline_kept'], '.3f')} |"
         )
     lines += [
         "",
-        f"relative performance, mean of per-benchmark ratios: {result['mean_of_ratios']:.2f}%",
-        f"relative performance, ratio of mean accuracies:     {result['ratio_of_means']:.2f}%",
+        f"relative performance, mean of per-benchmark ratios: {result['mean_of_ratios']:.2f}% "
+        f"{_ci_text(result.get('mean_of_ratios_ci95'), '.2f')}",
+        f"relative performance, ratio of mean accuracies:     {result['ratio_of_means']:.2f}% "
+        f"{_ci_text(result.get('ratio_of_means_ci95'), '.2f')}",
+        f"(95 % intervals: Wilson for accuracies, paired bootstrap with {result.get('n_boot')} replicates for ratios)",
     ]
     for name, reason in result["skipped"].items():
         lines.append(f"skipped {name}: {reason}")
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
     return "\n".join(lines) + "\n"
 
 
@@ -105,11 +230,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main_compare(argv: list[str]) -> int:
-    """`vitos compare RUN BASELINE [--json]`; returns the exit status (2 + one line for fixable errors)."""
+    """`vitos compare RUN BASELINE [--json] [--allow-different-questions]`; returns the exit status (2 + one
+    line for fixable errors)."""
     p = _Parser(prog="vitos compare", description="Relative performance of RUN against BASELINE (100 = on par).")
     p.add_argument("run", help="vitos eval output folder (or its scores.json)")
     p.add_argument("baseline", help="the run to compare against, e.g. the full-token run")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--allow-different-questions", action="store_true",
+                   help="compare runs that scored different questions (paired statistics on the common ones)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates for the paired intervals")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     try:
         args = p.parse_args(argv)
     except _UsageError as err:
@@ -118,7 +248,7 @@ def main_compare(argv: list[str]) -> int:
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
     try:
-        result = compare_runs(args.run, args.baseline)
+        result = compare_runs(args.run, args.baseline, args.allow_different_questions, args.n_boot, args.seed)
     except (ValueError, FileNotFoundError) as err:
         print(f"vitos compare: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
