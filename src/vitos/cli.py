@@ -20,6 +20,7 @@ import argparse
 import importlib
 import os
 import sys
+from pathlib import Path
 
 # Subcommands whose module owns its argument parsing: name -> (module, function(argv) -> exit status).
 DELEGATED = {
@@ -40,35 +41,68 @@ def _quiet_transformers() -> None:
 
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
-    if args.family == "huatuo":
-        from vitos.models.tiny_huatuo import write_tiny_huatuo
+    """Written into a temporary sibling folder, then renamed: never mixed into an existing folder's files.
+    A non-empty OUT_DIR is refused, unless --overwrite and it is a model folder (config.json)."""
+    import os
+    import shutil
 
-        out = write_tiny_huatuo(args.out_dir, seed=args.seed)
-        print(f"wrote a tiny HuatuoGPT-Vision (llava_qwen2, original format) checkpoint to {out}")
-    else:
-        from vitos.models.tiny import write_tiny_model
+    from vitos.paths import PathError, check_writable_dir, replace_dir
 
-        out = write_tiny_model(args.out_dir, seed=args.seed)
-        print(f"wrote a tiny Qwen2.5-VL checkpoint to {out}")
+    out = Path(args.out_dir)
+    check_writable_dir(out, "OUT_DIR")
+    if out.is_dir() and any(out.iterdir()):
+        names = sorted(p.name for p in out.iterdir())
+        if not args.overwrite:
+            raise PathError(f"OUT_DIR {out} is not empty ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); "
+                            "choose a new folder, or add --overwrite to replace the model in it")
+        if not (out / "config.json").is_file():
+            raise PathError(f"--overwrite replaces a model folder, but {out} has no config.json; refusing to delete "
+                            "what it holds: choose a new folder")
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if args.family == "huatuo":
+            from vitos.models.tiny_huatuo import write_tiny_huatuo
+
+            write_tiny_huatuo(tmp, seed=args.seed)
+            what = "a tiny HuatuoGPT-Vision (llava_qwen2, original format) checkpoint"
+        else:
+            from vitos.models.tiny import write_tiny_model
+
+            write_tiny_model(tmp, seed=args.seed)
+            what = "a tiny Qwen2.5-VL checkpoint"
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {what} to {out}")
     return 0
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
+    from vitos.config import require_ranges
     from vitos.engine import SamplingConfig
-    from vitos.infer import infer_one, parse_options, render
+    from vitos.infer import check_overlay_path, infer_one, parse_options, render
     from vitos.models import load_model
     from vitos.pipeline import PruneConfig
 
+    # Everything a user typed is checked before the model loads: values, and the overlay path.
+    prune = PruneConfig(margin=args.margin, min_keep=args.min_keep, fusion=args.fusion)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    require_ranges(prune, names={"margin": "--margin", "min_keep": "--min-keep"})
+    require_ranges(sampling, names={"max_new_tokens": "--max-new-tokens"})
+    options = parse_options(args.options)
+    if args.overlay:
+        check_overlay_path(args.overlay, args.image, args.model)
     adapter = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
     result = infer_one(
         adapter,
         args.image,
         args.question,
-        options=parse_options(args.options),
+        options=options,
         kind=args.kind,
         mode=args.mode,
-        prune=PruneConfig(margin=args.margin, min_keep=args.min_keep, fusion=args.fusion),
-        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens),
+        prune=prune,
+        sampling=sampling,
         overlay=args.overlay,
         boxes=args.boxes,
     )
@@ -83,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint that loads offline")
     t.add_argument("out_dir")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--overwrite", action="store_true", help="OUT_DIR holds a model: replace it")
     t.add_argument("--family", choices=["qwen", "huatuo"], default="qwen",
                    help="qwen: Qwen2.5-VL (Lingshu-7B's family); huatuo: HuatuoGPT-Vision's original llava_qwen2 format")
     t.set_defaults(func=cmd_tiny_model)
@@ -126,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ImageError, ModelLoadError, ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"vitos {args.command}: error: {err}", file=sys.stderr)
+    except (ImageError, ModelLoadError, ConfigError, ValueError, OSError) as err:
+        from vitos.config import error_line
+
+        print(f"vitos {args.command}: error: {error_line(err)}", file=sys.stderr)
         return 2
 
 

@@ -12,9 +12,12 @@ skipped, or null) and timings_ms per stage. `--mode full` answers on all visual 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig
@@ -22,6 +25,18 @@ from vitos.images import load_image
 from vitos.overlay import draw_overlay
 from vitos.pipeline import Answer, PruneConfig, run
 from vitos.prompts import ParsedOutput, parse_boxes
+
+
+def check_overlay_path(overlay: str, image: str | None = None, model: str | None = None) -> None:
+    """The overlay is a writable image file path that is not the input image nor a file of the model folder."""
+    from PIL import Image
+
+    from vitos.paths import PathError, check_output_file, check_writable_file
+
+    check_writable_file(overlay, "--overlay")
+    check_output_file(overlay, "--overlay", [("--image", image), ("--model", model)])
+    if Path(overlay).suffix.lower() not in Image.registered_extensions():
+        raise PathError(f"--overlay {overlay}: unknown image extension {Path(overlay).suffix or '(none)'!r}; use .png")
 
 
 def parse_options(text: str | None) -> dict[str, str] | None:
@@ -68,6 +83,8 @@ def infer_one(
 ) -> InferResult:
     """Answer one question about one image. `boxes` (a JSON-ish box list such as "[[0.1,0.2,0.5,0.6]]")
     replaces the grounding pass with user-given evidence regions; a malformed one falls back to all tokens."""
+    if overlay:  # before any work: the overlay must never replace the input image
+        check_overlay_path(overlay, image_path)
     image = load_image(image_path)  # raises ImageError with a clear message
     kind = kind or ("choice" if options else "open")
     sample = Sample(id="cli", images=[image], question=question, answer="", kind=kind, options=options)
@@ -81,7 +98,10 @@ def infer_one(
         mask = res.keep_masks[0] if res.keep_masks else None
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
         region = res.grid_regions[0] if res.grid_regions else (0.0, 0.0, 1.0, 1.0)
-        draw_overlay(image, res.boxes, mask, grid_region=region).save(overlay)
+        picture = draw_overlay(image, res.boxes, mask, grid_region=region)
+        tmp = Path(overlay).with_name(f".tmp-{Path(overlay).name}")
+        picture.save(tmp, format=Image.registered_extensions()[Path(overlay).suffix.lower()])
+        os.replace(tmp, overlay)  # atomic: a kill never leaves a half-written image
         overlay_path = str(overlay)
     return InferResult(
         answer=res.answer,

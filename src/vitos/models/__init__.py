@@ -148,6 +148,7 @@ def load_model(
     checkpoint's preprocessor_config.json. Families with a fixed input size (LLaVA / HuatuoGPT-Vision:
     336 x 336, 576 tokens) ignore it: only loaders that take a `max_pixels` keyword receive it.
     """
+    check_local_model(name_or_path)
     raw = read_raw_config(name_or_path)
     # The raw model_type first: AutoConfig cannot read custom-code types such as llava_qwen2.
     model_type = raw.get("model_type") if raw is not None else getattr(read_config(name_or_path), "model_type", None)
@@ -161,7 +162,74 @@ def load_model(
     extra: dict[str, Any] = {}
     if max_pixels is not None and "max_pixels" in inspect.signature(loader).parameters:
         extra["max_pixels"] = max_pixels
-    return loader(name_or_path, resolve_dtype(dtype), resolve_device(device), attn_implementation, **extra)
+    torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
+    try:
+        return loader(name_or_path, torch_dtype, torch_device, attn_implementation, **extra)
+    except ModelLoadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a damaged folder fails in many library calls; say which file
+        detail = " ".join(str(err).split())[:300]
+        folder = Path(name_or_path)
+        for f in sorted(folder.glob("*.json")) if folder.is_dir() else []:  # tokenizer / processor files
+            try:
+                json.loads(f.read_text())
+            except (OSError, ValueError) as bad:
+                raise ModelLoadError(f"{f} is damaged (not readable JSON: {bad}); re-download or re-export the model") from err
+        raise ModelLoadError(f"cannot load the model {name_or_path!r} ({type(err).__name__}: {detail}); "
+                             "re-download or re-export it") from err
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, relative with ./ ../ ~, or more than one slash."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or "\\" in name
+
+
+def check_local_model(name_or_path: str) -> None:
+    """A local model folder must hold a readable config.json and complete safetensors weights; raises one
+    ModelLoadError naming the missing, truncated or corrupt file. Hub ids are left to the loader."""
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        if _looks_local(str(name_or_path)):
+            raise ModelLoadError(f"model folder {name_or_path} does not exist; pass a local model folder or a hub id "
+                                 "(`vitos tiny-model OUT` writes a small offline one)")
+        return
+    if not path.is_dir():
+        if path.suffix == ".json":
+            return  # a config.json alone (build_on_meta, dry runs): no weights expected
+        raise ModelLoadError(f"--model {name_or_path} is a file; pass the model folder that holds config.json")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"{path} has no config.json: it is not a model folder; pass the folder a model was saved in")
+    try:
+        json.loads(config.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{config} is damaged (not readable JSON: {err}); re-download or re-export the model") from err
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ModelLoadError(f"{index} is damaged ({type(err).__name__}: {err}); re-download or re-export the model") from err
+    elif (path / "model.safetensors").is_file():
+        shards = ["model.safetensors"]
+    else:
+        other = sorted(f.name for f in path.glob("*.bin")) + sorted(f.name for f in path.glob("*.pt"))
+        hint = (f" (it has {', '.join(other[:3])}: vitos loads safetensors only, never pickled weights; convert them "
+                "with save_pretrained(..., safe_serialization=True))") if other else ""
+        raise ModelLoadError(f"{path} has no model weights (model.safetensors or model.safetensors.index.json){hint}; "
+                             "re-download or re-export the model")
+    from safetensors import safe_open
+
+    for shard in shards:
+        file = path / shard
+        if not file.is_file():
+            raise ModelLoadError(f"{file} is missing (listed in {index.name}); re-download or re-export the model")
+        try:
+            with safe_open(str(file), "pt") as fh:
+                fh.keys()
+        except Exception as err:  # noqa: BLE001 - safetensors' own error type, one per kind of damage
+            raise ModelLoadError(f"{file} is truncated or corrupt ({' '.join(str(err).split())[:160]}); "
+                                 "re-download or re-export the model") from err
 
 
 def _load_qwen2_5_vl(
@@ -190,6 +258,7 @@ def _load_qwen2_5_vl(
 
 
 __all__ = [
-    "FAMILIES", "EncodedImage", "Family", "ModelAdapter", "ModelLoadError", "Prompt", "build_on_meta", "load_model",
+    "FAMILIES", "EncodedImage", "Family", "ModelAdapter", "ModelLoadError", "Prompt", "build_on_meta", "check_local_model",
+    "load_model",
     "read_config", "read_raw_config", "resolve_dtype", "resolve_device",
 ]

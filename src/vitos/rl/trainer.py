@@ -20,12 +20,19 @@ rollout batch (old log-probs = current ones, ratio 1 at the update), as EasyR1's
 Run:  vitos train --config configs/tiny_cpu.yaml [schedule.name=joint ...]     (one process; breakpoint() works)
       accelerate launch --config_file configs/accelerate/ddp.yaml -m vitos.cli train --config configs/lingshu7b_8gpu.yaml
       vitos train --config configs/tiny_cpu.yaml --resume runs/tiny_cpu          (continue the latest checkpoint)
+      vitos train --config configs/tiny_cpu.yaml --overwrite                     (delete the run there, start over)
+
+The run folder is protected (vitos.rl.checkpoint.plan_run_folder): a folder holding a run is refused
+unless --resume (continue it; a run whose last checkpoint is its last step only finishes its export) or
+--overwrite (delete the run's files first, listing them); a run killed before its first checkpoint is
+started over. No output may be or contain an input (vitos.paths): the data file, the model folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -35,12 +42,14 @@ from typing import Any
 import torch
 import yaml
 
-from vitos.config import ConfigError, describe, load_config, to_dict
+from vitos.config import ConfigError, describe, error_line, load_config, to_dict
 from vitos.data.sample import Sample
 from vitos.pipeline import encode
+from vitos.paths import atomic_write_text, check_output_dir, check_writable_dir, replace_dir, same_or_inside
 from vitos.rl.checkpoint import (
-    CheckpointError, MetricsWriter, find_checkpoint, load_checkpoint, read_metrics, register_trainable_only_hooks,
-    rewind_metrics, save_checkpoint,
+    FINAL, CheckpointError, MetricsWriter, apply_run_plan, final_complete, find_checkpoint, load_checkpoint,
+    plan_run_folder, publish_final, read_metrics, register_trainable_only_hooks, rewind_metrics,
+    save_checkpoint, verify_checkpoint,
 )
 from vitos.rl.config import TrainConfig, branches_for_step, lr_factor, precision_plan, stage_of, validate
 from vitos.rl.policy import PolicyView, build_policy, export_model
@@ -57,10 +66,11 @@ the sampled tokens before the update's first optimiser step (the rollout-vs-trai
 
 
 def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOverride | None = None,
-          on_step_end: StepCallback | None = None) -> dict[str, Any]:
+          on_step_end: StepCallback | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train as `cfg` says; returns the metrics of the last step.
 
     resume: a run directory (its latest checkpoint) or a checkpoints/step-N folder.
+    overwrite: delete the run files in checkpoint.out_dir first (a used folder is refused without it or resume).
     reward_override: diagnostic hook replacing every rollout's total reward (see vitos.rl.rollout).
     on_step_end: called as fn(step, metrics) after each step's logging and checkpointing.
     """
@@ -76,6 +86,21 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
                       step_scheduler_with_optimizer=False, mixed_precision="fp16" if compute == "fp16" else None)
     set_seed(cfg.seed, device_specific=True)  # seed + process index: ranks sample differently
     run_dir = Path(cfg.checkpoint.out_dir)
+    check_writable_dir(run_dir, "checkpoint.out_dir")
+    check_run_paths(cfg)
+    plan = plan_run_folder(run_dir, resume, overwrite)  # read-only on every rank; refuses a used folder
+    resume = plan.resume
+    if resume:
+        verify_checkpoint(resume, acc.process_index)  # a damaged checkpoint fails now, not after the model loads
+    config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if plan.message:
+            print(f"vitos train: {plan.message}", file=sys.stderr)
+        apply_run_plan(plan)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", config_yaml)  # marks the folder as used from the start
+    acc.wait_for_everyone()
     samples, n_skipped = _load_data(cfg, acc)
 
     # --- policy, optimiser, schedule --------------------------------------------------------------
@@ -104,10 +129,6 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
         state = load_checkpoint(acc, policy, resume, generator)
         if acc.is_main_process:
             rewind_metrics(run_dir / "metrics.jsonl", state["step"])
-    config_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_yaml)
     writer = MetricsWriter(run_dir, cfg.logging.tensorboard, cfg.logging.wandb, cfg.logging.wandb_project,
                            to_dict(cfg), enabled=acc.is_main_process)
     stage1_ckpt = {cfg.schedule.stage1_steps} if cfg.schedule.name == "stagewise" else set()
@@ -182,10 +203,11 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     bar.close()
     writer.close()
 
-    # --- a loadable model ---------------------------------------------------------------------------
+    # --- a loadable model: written to .tmp-final/, renamed to final/ when complete --------------------
     full_state = acc.get_state_dict(policy)  # gathers shards; every process must call it
-    if acc.is_main_process and metrics:
-        export_model(acc.unwrap_model(policy), full_state, run_dir / "final", m.lora_alpha / m.lora_r if m.lora else None)
+    if acc.is_main_process and (metrics or not final_complete(run_dir / FINAL)):  # resumed: finish the export
+        scale = m.lora_alpha / m.lora_r if m.lora else None
+        publish_final(run_dir, lambda folder: export_model(acc.unwrap_model(policy), full_state, folder, scale))
     acc.wait_for_everyone()
     if not metrics and (run_dir / "metrics.jsonl").exists():  # resumed a finished run: report its last step
         metrics = read_metrics(run_dir / "metrics.jsonl")[-1]
@@ -197,15 +219,38 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
 # --------------------------------------------------------------------------------------------------
 
 
+def check_run_paths(cfg: TrainConfig) -> None:
+    """The run folder must not be, contain or lie inside the data or the model (its outputs and --overwrite
+    could replace them); the built-in `tiny` model and `medphantom:N` data are generated inside it."""
+    inputs = [("model folder (model.name_or_path)", None if cfg.model.name_or_path == "tiny" else cfg.model.name_or_path),
+              ("data (data.train_path)", None if cfg.data.train_path.startswith("medphantom:") else cfg.data.train_path)]
+    check_output_dir(cfg.checkpoint.out_dir, "checkpoint.out_dir", inputs)
+    if cfg.data.image_root:  # a run folder inside a broad image folder is fine; one containing it is not
+        check_output_dir(cfg.checkpoint.out_dir, "checkpoint.out_dir", [("image folder (data.image_root)", cfg.data.image_root)],
+                         inside_ok=True)
+
+
+def _generate_once(path: Path, write: Callable[[Path], Any], complete: Callable[[Path], bool]) -> None:
+    """Write a generated input (tiny model, MedPhantom data) into `.tmp-<name>` and rename it: a kill never
+    leaves a half-written folder that a rerun would take for a complete one."""
+    if complete(path):
+        return
+    tmp = path.parent / f".tmp-{path.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp)
+    replace_dir(tmp, path)
+
+
 def _model_path(cfg: TrainConfig, acc: Any) -> str:
     """`tiny` -> write (once) and return a tiny random checkpoint inside the run directory."""
     if cfg.model.name_or_path != "tiny":
         return cfg.model.name_or_path
     path = Path(cfg.checkpoint.out_dir) / "tiny-model"
-    if acc.is_main_process and not (path / "config.json").exists():
+    if acc.is_main_process:
         from vitos.models.tiny import write_tiny_model
 
-        write_tiny_model(path, seed=0)
+        _generate_once(path, lambda tmp: write_tiny_model(tmp, seed=0), final_complete)
     acc.wait_for_everyone()
     return str(path)
 
@@ -218,10 +263,14 @@ def _load_data(cfg: TrainConfig, acc: Any) -> tuple[list[Sample], int]:
     if path.startswith("medphantom:"):
         from vitos.data.medphantom import PhantomConfig, write_dataset
 
-        n = int(path.split(":", 1)[1])
+        n_text = path.split(":", 1)[1]
+        if not n_text.isdigit() or int(n_text) < 1:
+            raise ConfigError(f"data.train_path {path!r}: medphantom:N needs a whole number N >= 1 of rows")
+        n = int(n_text)
         folder = Path(cfg.checkpoint.out_dir) / "data" / f"medphantom-{n}"
-        if acc.is_main_process and not (folder / "train.jsonl").exists():
-            write_dataset(PhantomConfig(seed=0, n_train=n, n_test=0), folder)
+        if acc.is_main_process:
+            _generate_once(folder, lambda tmp: write_dataset(PhantomConfig(seed=0, n_train=n, n_test=0), tmp),
+                           lambda f: (f / "train.jsonl").is_file())
         acc.wait_for_everyone()
         path = str(folder / "train.jsonl")
     result = read_rows(path, image_root=cfg.data.image_root, skip_bad_rows=cfg.data.skip_bad_rows, limit=cfg.data.limit)
@@ -343,11 +392,15 @@ def _mean_over_processes(metrics: dict[str, Any], acc: Any) -> dict[str, Any]:
 
 
 def main_train(argv: list[str]) -> int:
-    """`vitos train --config FILE [--resume RUN_OR_CKPT] [key=value ...]` / `vitos train --help-config`;
-    `--dry-run [--accelerate-config FILE] [--num-processes N] [--gpu-memory-gb 80]`: memory estimate only."""
+    """`vitos train --config FILE [--resume RUN_OR_CKPT | --overwrite] [key=value ...]` / `vitos train --help-config`;
+    `--dry-run [--accelerate-config FILE] [--num-processes N] [--gpu-memory-gb 80]`: memory estimate only.
+    Every error a user can fix (bad value, used or unwritable folder, damaged checkpoint or weights) is one
+    line on stderr and exit status 2."""
     p = argparse.ArgumentParser(prog="vitos train", description="ViToS dual-stream GRPO training.")
     p.add_argument("--config", help="YAML file of TrainConfig values (e.g. configs/tiny_cpu.yaml)")
     p.add_argument("--resume", help="run directory (latest checkpoint) or checkpoints/step-N folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="checkpoint.out_dir holds a run: delete its files (listed first) and start over")
     p.add_argument("--help-config", action="store_true", help="list every config key, its default and meaning")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.name=joint rollout.group_size=4")
     p.add_argument("--dry-run", action="store_true",
@@ -363,26 +416,52 @@ def main_train(argv: list[str]) -> int:
         for key, default, doc in describe(TrainConfig):
             print(f"{key} = {default}\n    {doc}")
         return 0
+    from vitos.models import ModelLoadError
+
     try:
-        config_path = args.config
+        if args.resume and args.overwrite:
+            raise ConfigError("--resume continues a run and --overwrite deletes it: give only one")
+        config_path, run_of_resume = args.config, None
         if config_path is None and args.resume:  # resume alone: the checkpoint's own config
-            config_path = str(find_checkpoint(args.resume) / "config.yaml")
+            config_path, run_of_resume = _config_of_resume(args.resume)
         cfg = load_config(TrainConfig, config_path, args.overrides)
+        if run_of_resume is not None and not any(o.startswith("checkpoint.out_dir=") for o in args.overrides):
+            cfg.checkpoint.out_dir = str(run_of_resume)  # the folder the run is in now, even if it was moved
         if args.dry_run:  # returns before anything of training starts (no Accelerator, no weights, no run dir)
             from vitos.rl.estimate import dry_run, read_launch
 
             validate(cfg)
+            if not (math.isfinite(args.gpu_memory_gb) and args.gpu_memory_gb > 0):
+                raise ConfigError(f"--gpu-memory-gb {args.gpu_memory_gb} must be a finite number > 0")
+            if args.num_processes is not None and args.num_processes < 1:
+                raise ConfigError(f"--num-processes {args.num_processes} must be >= 1")
             report, fits = dry_run(cfg, read_launch(args.accelerate_config, args.num_processes), args.gpu_memory_gb)
             print(report)
             return 0 if fits else 1
-        final = train(cfg, resume=args.resume)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"vitos train: error: {err}", file=sys.stderr)
+        if args.overwrite and config_path is not None and same_or_inside(config_path, cfg.checkpoint.out_dir):
+            raise ConfigError(f"--config {config_path} lies inside checkpoint.out_dir {cfg.checkpoint.out_dir}, which "
+                              "--overwrite would delete; copy the config elsewhere first")
+        final = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (ConfigError, CheckpointError, ModelLoadError, ValueError, OSError) as err:
+        print(f"vitos train: error: {error_line(err)}", file=sys.stderr)
         return 2
     shown = {k: final.get(k) for k in ("grounding/reward", "sparse/reward", "grounding/accuracy", "sparse/accuracy",
                                         "kept_token_ratio", "grad_cosine")}
     print(f"done: {cfg.schedule.total_steps} steps, run directory {cfg.checkpoint.out_dir}; last step: {shown}")
     return 0
+
+
+def _config_of_resume(resume: str) -> tuple[str, Path]:
+    """(config file, run folder) for `--resume` without `--config`: the checkpoint's config.yaml, or, for a
+    run killed before its first checkpoint, the run folder's own config.yaml."""
+    try:
+        ckpt = find_checkpoint(resume)
+        return str(ckpt / "config.yaml"), ckpt.parent.parent
+    except CheckpointError:
+        run = Path(resume)
+        if (run / "config.yaml").is_file():
+            return str(run / "config.yaml"), run
+        raise
 
 
 if __name__ == "__main__":
