@@ -154,6 +154,7 @@ def test_scores_carry_wilson_intervals_and_the_tables_print_them(tiny_adapter, v
     assert s["accuracy_ci95"][0] <= s["accuracy"] <= s["accuracy_ci95"][1]
     assert scores["mean_ci95"][0] <= scores["mean"] <= scores["mean_ci95"][1]
     assert len(s["questions_sha1"]) == 40
+    assert sum(s["parse_failure_reasons"].values()) == s["parse_failures"]
     md = (tmp_path / "a" / "scores.md").read_text()
     assert "95 % CI" in md and f"[{s['accuracy_ci95'][0]:.1f}, {s['accuracy_ci95'][1]:.1f}]" in md
     evaluate(_cfg(tmp_path / "b", vqa_rad_dir, mode="center", budget_ratio=0.5), adapter=tiny_adapter)

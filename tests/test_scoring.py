@@ -33,7 +33,7 @@ def test_score_benchmark_hand_computed():
     assert scores["accuracy"] == pytest.approx(100 * 3 / 5)
     assert scores["closed_accuracy"] == pytest.approx(100 * 2 / 3)
     assert scores["open_accuracy"] == pytest.approx(50.0)
-    assert scores["parse_failures"] == 1
+    assert scores["parse_failures"] == 1 and scores["parse_failure_reasons"] == {"unknown": 1}
     assert scores["open_recall"] == pytest.approx(75.0)
     assert scores["open_f1"] == pytest.approx(62.5)
     assert scores["kept_token_ratio"] == pytest.approx(0.6)

@@ -456,7 +456,10 @@ def _llm_verdict(
 
 def _score(records: Mapping[str, Mapping[str, Any]], samples: list[Sample]) -> dict[str, Any]:
     recs = [records[s.id] for s in samples]
-    judgements = [Judgement(r["correct"], r["parsed"], r["parse_failure"], r["recall"], r["f1"]) for r in recs]
+    judgements = [
+        Judgement(r["correct"], r["parsed"], r["parse_failure"], r["recall"], r["f1"], r.get("parse_reason"))
+        for r in recs
+    ]
     return score_benchmark(judgements, samples, [r["kept_ratio"] for r in recs])
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import fmean
 from typing import Any
@@ -79,7 +80,7 @@ def score_benchmark(
 
     Returns accuracy, closed_accuracy, open_accuracy (percent; None when the benchmark has no such
     questions) each with its 95 % Wilson interval (`*_ci95`, [low, high] in percent), n_correct,
-    parse_failures (count), n, n_closed, n_open, open_recall, open_f1 (percent, mean over open questions;
+    parse_failures (count) and parse_failure_reasons ({reason: count}, `Judgement.reason`), n, n_closed, n_open, open_recall, open_f1 (percent, mean over open questions;
     None without open questions), kept_token_ratio (fraction; None when not given) and questions_sha1
     (`questions_digest` of the sample ids).
     """
@@ -104,6 +105,9 @@ def score_benchmark(
         "open_accuracy_ci95": _wilson_percent(open_),
         "n_correct": int(sum(correct)),
         "parse_failures": sum(1 for j in judgements if j.parse_failure),
+        "parse_failure_reasons": dict(
+            sorted(Counter(j.reason or "unknown" for j in judgements if j.parse_failure).items())
+        ),
         "n": len(samples),
         "n_closed": len(closed),
         "n_open": len(open_),
