@@ -7,6 +7,7 @@
     vitos eval --model M --benchmarks vqa_rad,slake,... --mode vitos --out DIR [--limit N] [--data-dir D]
     vitos compare RUN_A RUN_B
     vitos study [--smoke] [--out DIR] [key=value ...]   seeds x schedules x ablations, intervals, paired tests
+    vitos app [--model M] [--port 7860]          a local web page (the optional [app] extra: gradio)
 
 train, eval, compare and demo parse their own arguments (`vitos train --help`).
 
@@ -29,6 +30,7 @@ DELEGATED = {
     "compare": ("vitos.eval.compare", "main_compare", "relative performance of run A against run B"),
     "demo": ("vitos.demo", "main_demo", "the embedded default on MedPhantom: warm start, RL, evaluation"),
     "study": ("vitos.study.run", "main_study", "seeds x schedules x reward ablations with intervals and paired tests"),
+    "app": ("vitos.app", "main_app", "a local web page: upload a scan, see the boxes, kept tokens and both answers"),
 }
 
 
