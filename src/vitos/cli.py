@@ -67,6 +67,10 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
             from vitos.models.tiny_huatuo import write_tiny_huatuo
 
             write_tiny_huatuo(tmp, seed=args.seed)
+            from vitos.models.settings import ModelSettings, write_settings
+
+            write_settings(tmp, ModelSettings(synthetic=True, made_by="vitos tiny-model --family huatuo"),
+                           note="random weights, for tests and plumbing: not a medical model")
             what = "a tiny HuatuoGPT-Vision (llava_qwen2, original format) checkpoint"
         else:
             from vitos.models.tiny import write_tiny_model
@@ -85,17 +89,27 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from vitos.engine import SamplingConfig
     from vitos.infer import check_overlay_path, infer_one, parse_options, render
     from vitos.models import load_model
+    from vitos.models.settings import SYNTHETIC_NOTE, looks_like_phantom, read_settings, resolve_settings
     from vitos.pipeline import PruneConfig
 
+    # The model's saved settings (vitos_settings.json, vitos.models.settings) are the defaults; a flag wins.
+    chosen = resolve_settings(read_settings(args.model), {
+        "fusion": args.fusion, "margin": args.margin, "min_keep": args.min_keep,
+        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature})
+    s = chosen.settings
     # Everything a user typed is checked before the model loads: values, and the overlay path.
-    prune = PruneConfig(margin=args.margin, min_keep=args.min_keep, fusion=args.fusion)
-    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    prune = PruneConfig(margin=s.margin, min_keep=s.min_keep, fusion=s.fusion, num_contextual=s.num_contextual)  # type: ignore[arg-type]
+    sampling = SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature)
     require_ranges(prune, names={"margin": "--margin", "min_keep": "--min-keep"})
-    require_ranges(sampling, names={"max_new_tokens": "--max-new-tokens"})
+    require_ranges(sampling, names={"max_new_tokens": "--max-new-tokens", "temperature": "--temperature"})
     options = parse_options(args.options)
     if args.overlay:
         check_overlay_path(args.overlay, args.image, args.model)
     adapter = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    for line in [*chosen.warnings(), chosen.describe()]:  # stderr: --json output stays one JSON document
+        print(line, file=sys.stderr)
+    if s.synthetic and not looks_like_phantom(args.image):
+        print(SYNTHETIC_NOTE.format(model=args.model), file=sys.stderr)
     result = infer_one(
         adapter,
         args.image,
@@ -136,10 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--overlay", default=None, help="write a PNG with boxes and the kept-token grid")
     i.add_argument("--boxes", default=None,
                    help="use these normalised evidence boxes instead of the grounding pass, e.g. '[[0.1,0.2,0.5,0.6]]'")
-    i.add_argument("--margin", type=float, default=0.0, help="box dilation, normalised units")
-    i.add_argument("--min-keep", type=int, default=1)
-    i.add_argument("--fusion", choices=["none", "merge", "contextual"], default="merge")
-    i.add_argument("--max-new-tokens", type=int, default=256)
+    saved = "default: the model's saved setting (vitos_settings.json), else"
+    i.add_argument("--margin", type=float, default=None, help=f"box dilation, normalised units ({saved} 0.0)")
+    i.add_argument("--min-keep", type=int, default=None, help=f"fewest visual tokens kept per image ({saved} 1)")
+    i.add_argument("--fusion", choices=["none", "merge", "contextual"], default=None,
+                   help=f"how pruned tokens are folded in ({saved} merge)")
+    i.add_argument("--max-new-tokens", type=int, default=None, help=f"longest completion per pass ({saved} 256)")
+    i.add_argument("--temperature", type=float, default=None, help=f"0 = greedy decoding ({saved} 0.0)")
     i.add_argument("--dtype", default="auto")
     i.add_argument("--device", default="auto")
     i.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")

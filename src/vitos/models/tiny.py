@@ -236,4 +236,8 @@ def write_tiny_model(
     ip = Qwen2VLImageProcessorPil(size={"shortest_edge": image_min_pixels, "longest_edge": image_max_pixels})
     ip.save_pretrained(out)
     (out / "chat_template.jinja").write_text(QWEN2_5_VL_CHAT_TEMPLATE)
+    from vitos.models.settings import ModelSettings, write_settings
+
+    write_settings(out, ModelSettings(synthetic=True, made_by="vitos tiny-model"),
+                   note="random weights, for tests and plumbing: not a medical model")
     return out
