@@ -79,6 +79,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")  # gradio + pandas 3
 def test_app_in_a_real_browser(tmp_path):
     pytest.importorskip("gradio", reason="vitos app needs gradio: pip install -e '.[app]'")
     pytest.importorskip("selenium", reason="the browser test needs selenium: pip install -e '.[app]'")
