@@ -358,6 +358,19 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_the_fix(case, stat
     assert err.count("\n") == 1 and name in err and ("--overwrite" in err or "earlier checkpoint" in err), err
 
 
+def test_a_checkpoint_without_its_state_file_is_damage_never_a_restart(states, tmp_path, tiny_model_dir,
+                                                                       phantom_jsonl, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(states["checkpointed"], run)
+    (run / "checkpoints" / "step-000001" / "trainer_state.json").unlink()
+    before = _snapshot(run)
+    assert inspect_run(run).kind == "checkpointed"
+    for argv in (["--resume", run], ["--config", CONFIG, *_overrides(run, tiny_model_dir, phantom_jsonl)]):
+        rc, _, err = _cli(capsys, *argv)
+        assert rc == 2 and "trainer_state.json" in err and "damaged" in err, err
+    assert _snapshot(run) == before  # the checkpoint was not deleted by a "restart"
+
+
 def test_a_damaged_latest_checkpoint_points_at_the_earlier_one(states, tmp_path, tiny_model_dir, phantom_jsonl, capsys):
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
@@ -378,10 +391,11 @@ MODEL_DAMAGE = {
     "bad config.json": lambda d: (d / "config.json").write_text("{not json"),
     "missing config.json": lambda d: (d / "config.json").unlink(),
     "garbage tokenizer": lambda d: (d / "tokenizer.json").write_text("[1, 2"),
+    "missing tokenizer_config.json": lambda d: (d / "tokenizer_config.json").unlink(),
 }
 NAMED = {"truncated weights": "model.safetensors", "garbage weights": "model.safetensors",
          "missing weights": "model.safetensors", "bad config.json": "config.json", "missing config.json": "config.json",
-         "garbage tokenizer": "tokenizer.json"}
+         "garbage tokenizer": "tokenizer.json", "missing tokenizer_config.json": "tokenizer_config.json"}
 
 
 @pytest.mark.parametrize("case", list(MODEL_DAMAGE))

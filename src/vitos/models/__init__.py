@@ -204,6 +204,9 @@ def check_local_model(name_or_path: str) -> None:
         json.loads(config.read_text())
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"{config} is damaged (not readable JSON: {err}); re-download or re-export the model") from err
+    if not (path / "tokenizer_config.json").is_file():
+        raise ModelLoadError(f"{path / 'tokenizer_config.json'} is missing (an incomplete download or export); "
+                             "re-download or re-export the model")
     index = path / "model.safetensors.index.json"
     if index.is_file():
         try:

@@ -142,6 +142,10 @@ def find_checkpoint(path: str | Path) -> Path:
         if (m := _STEP_DIR.match(c.name)) and (c / STATE_FILE).is_file()
     )
     if not steps:
+        damaged = sorted(c for c in (root.iterdir() if root.is_dir() else []) if _STEP_DIR.match(c.name))
+        if damaged:
+            raise CheckpointError(f"{damaged[-1] / STATE_FILE} is missing: checkpoint {damaged[-1].name} is damaged and "
+                                  "the run has no complete one; restore the file or start over with --overwrite")
         if not p.exists():
             raise CheckpointError(f"nothing to resume in {p}: it does not exist; check the path, or drop --resume to "
                                   "start a new run")
@@ -306,7 +310,9 @@ class RunFolder:
             ckpt = f", checkpoints up to {self.latest.name}" if self.latest else ""
             return f"a finished run (final/{ckpt})"
         if self.kind == "checkpointed":
-            return f"an unfinished run (latest checkpoint {self.latest.name if self.latest else '?'}, no complete final/)"
+            if self.latest is None:
+                return "a run whose checkpoints are damaged (no step-N folder holds trainer_state.json)"
+            return f"an unfinished run (latest checkpoint {self.latest.name}, no complete final/)"
         if self.kind == "partial":
             present = [e for e in self.entries if e in _MARKERS]
             return f"a run killed before its first checkpoint ({', '.join(present)})"
@@ -326,9 +332,10 @@ def inspect_run(run_dir: str | Path) -> RunFolder:
         latest: Path | None = find_checkpoint(run)
     except CheckpointError:
         latest = None
+    damaged = (run / "checkpoints").is_dir() and any(_STEP_DIR.match(c.name) for c in (run / "checkpoints").iterdir())
     if final_complete(run / FINAL):
         kind = "finished"
-    elif latest is not None:
+    elif latest is not None or damaged:  # a step-N folder without trainer_state.json is damage, never a restart
         kind = "checkpointed"
     elif any(e in _MARKERS for e in entries):
         kind = "partial"
