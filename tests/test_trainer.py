@@ -246,3 +246,16 @@ def test_help_config_lists_every_key_with_its_meaning(capsys):
     for key in ("schedule.name", "rollout.sparse_group_size", "grpo.sparse_grouping", "prune.fusion", "rewards.cross"):
         assert key in out
     assert "G': sparse rollouts per grounding rollout" in out
+
+
+def test_exported_model_carries_the_settings_it_was_trained_with(tmp_path, tiny_model_dir, phantom_jsonl):
+    """final/vitos_settings.json: the run's pruning and completion length, greedy decoding, and the tiny base
+    model's `synthetic` flag carried over (so `vitos infer` defaults to them and warns on a real image)."""
+    from vitos.models.settings import read_settings
+
+    cfg = _cfg(tmp_path, tiny_model_dir, phantom_jsonl, "prune.fusion=contextual", "prune.margin=0.05",
+               "schedule.total_steps=1", "schedule.stage1_steps=1")
+    train(cfg, reward_override=lower_fraction)
+    s = read_settings(tmp_path / "final")
+    assert (s.fusion, s.margin, s.max_new_tokens, s.temperature) == ("contextual", 0.05, 8, 0.0)
+    assert s.synthetic is True and s.made_by == "vitos train"

@@ -52,6 +52,7 @@ from vitos.rl.checkpoint import (
     save_checkpoint, verify_checkpoint,
 )
 from vitos.rl.config import TrainConfig, branches_for_step, lr_factor, precision_plan, stage_of, validate
+from vitos.models.settings import write_settings
 from vitos.rl.policy import PolicyView, build_policy, export_model
 from vitos.rl.rollout import RewardOverride, StepRewards, StepRollouts, collect, sample_sparse, score
 from vitos.rl.update import Updater
@@ -207,7 +208,12 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     full_state = acc.get_state_dict(policy)  # gathers shards; every process must call it
     if acc.is_main_process and (metrics or not final_complete(run_dir / FINAL)):  # resumed: finish the export
         scale = m.lora_alpha / m.lora_r if m.lora else None
-        publish_final(run_dir, lambda folder: export_model(acc.unwrap_model(policy), full_state, folder, scale))
+
+        def export(folder: Path) -> None:  # the model, then the settings it was trained with (infer/app defaults)
+            export_model(acc.unwrap_model(policy), full_state, folder, scale)
+            write_settings(folder, trained_settings(cfg, _model_path(cfg, acc)))
+
+        publish_final(run_dir, export)
     acc.wait_for_everyone()
     if not metrics and (run_dir / "metrics.jsonl").exists():  # resumed a finished run: report its last step
         metrics = read_metrics(run_dir / "metrics.jsonl")[-1]
@@ -300,6 +306,20 @@ def _local_batch(samples: list[Sample], position: int, batch_size: int, seed: in
     idx, epoch = batch_indices(len(samples), batch_size, position, seed)
     mine = idx[acc.process_index * local_b : (acc.process_index + 1) * local_b]
     return [samples[i] for i in mine], epoch
+
+
+def trained_settings(cfg: TrainConfig, base: str) -> Any:
+    """What `vitos infer` / `vitos app` should default to for the exported model: the run's pruning, its
+    completion length, greedy decoding; `synthetic` carried over from the base model (tiny-model, demo)."""
+    from vitos.models.settings import ModelSettings, read_settings
+
+    try:
+        saved = read_settings(base)
+    except ValueError:
+        saved = None
+    return ModelSettings(fusion=cfg.prune.fusion, margin=cfg.prune.margin, min_keep=cfg.prune.min_keep,
+                         num_contextual=cfg.prune.num_contextual, max_new_tokens=cfg.rollout.max_new_tokens,
+                         temperature=0.0, synthetic=bool(saved and saved.synthetic), made_by="vitos train")
 
 
 def _sharded(acc: Any) -> bool:
