@@ -443,10 +443,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     rl_rows = rl_pool(Path(paths["train"]), cfg.rl_questions)
     tcfg = _train_config(cfg, warm_dir, rl_rows, out / "rl")
     metrics_path = out / "rl" / "metrics.jsonl"
-    if metrics_path.exists():
-        metrics_path.unlink()  # a rerun into the same folder starts a fresh curve
     every_rl = max(1, cfg.rl_steps // 8)
-    train(tcfg, on_step_end=lambda step, m: _log(
+    train(tcfg, overwrite=True, on_step_end=lambda step, m: _log(  # a rerun replaces the previous RL run
         f"RL step {step}/{cfg.rl_steps}: reward grounding {m['grounding/reward']:.2f} sparse {m['sparse/reward']:.2f}, "
         f"IoU {m.get('grounding/iou') or 0:.2f}, kept {m.get('kept_token_ratio') or 0:.0%}") if step % every_rl == 0 else None)
     timings["rl_s"] = time.perf_counter() - t0

@@ -105,7 +105,8 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     samples, n_skipped = _load_data(cfg, acc)
 
     # --- policy, optimiser, schedule --------------------------------------------------------------
-    adapter = load_model(_model_path(cfg, acc), load_dtype, device=str(acc.device), attn_implementation=cfg.model.attn,
+    base_model = _model_path(cfg, acc)  # every process: it may wait on the others (tiny model written once)
+    adapter = load_model(base_model, load_dtype, device=str(acc.device), attn_implementation=cfg.model.attn,
                          max_pixels=cfg.model.max_pixels)
     m = cfg.model
     policy = build_policy(adapter, cfg.prune, m.lora, m.lora_r, m.lora_alpha, m.lora_dropout, m.freeze_vision,
@@ -211,7 +212,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
 
         def export(folder: Path) -> None:  # the model, then the settings it was trained with (infer/app defaults)
             export_model(acc.unwrap_model(policy), full_state, folder, scale)
-            write_settings(folder, trained_settings(cfg, _model_path(cfg, acc)))
+            write_settings(folder, trained_settings(cfg, base_model))  # main process only: no barrier here
 
         publish_final(run_dir, export)
     acc.wait_for_everyone()

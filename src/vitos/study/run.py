@@ -180,10 +180,8 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
             tcfg.rewards.iou = tcfg.rewards.iou if iou else 0.0
             tcfg.logging.log_grad_cosine = cfg.grad_cosine_every > 0
             tcfg.logging.grad_cosine_every = cfg.grad_cosine_every
-            if (run_dir / "metrics.jsonl").exists():
-                (run_dir / "metrics.jsonl").unlink()  # a rerun into the same folder starts a fresh run
             t0 = time.perf_counter()
-            train(tcfg)
+            train(tcfg, overwrite=True)  # a rerun into the same folder replaces that run
             model = load_model(str(run_dir / "final"), dtype="float32", device="cpu")
             rows = evaluate_run(model, test, images, train_set, s, cfg.baselines, seed, constant)
             del model
