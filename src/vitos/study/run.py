@@ -195,6 +195,8 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
                          "reward": [(m["step"], m.get("grounding/reward"), m.get("sparse/reward")) for m in curve]})
             _log(f"seed {seed} {name}: ViToS {rows['vitos']['accuracy']:.1%} (full {rows['full']['accuracy']:.1%}, "
                  f"center {rows['center']['accuracy']:.1%}), kept {rows['vitos']['kept']:.0%}")
+        # after every seed: the study so far (a long run that is stopped keeps its finished seeds)
+        report.write(_assemble(cfg, per_seed, runs, design, variants, command, time.perf_counter() - t_all), out)
     study = _assemble(cfg, per_seed, runs, design, variants, command, time.perf_counter() - t_all)
     report.write(study, out)
     plots.plot_study_rows(study["rows"], out / "study_accuracy.png", chance=study["rows_by_name"]["majority"]["accuracy"])
