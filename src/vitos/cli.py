@@ -131,25 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("tiny-model", help="write a tiny random Qwen2.5-VL checkpoint that loads offline")
-    t.add_argument("out_dir")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--overwrite", action="store_true", help="OUT_DIR holds a model: replace it")
+    t.add_argument("out_dir", help="folder to write the checkpoint to (new or empty; see --overwrite)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="OUT_DIR holds a model: replace it (default: a non-empty OUT_DIR is refused)")
     t.add_argument("--family", choices=["qwen", "huatuo"], default="qwen",
-                   help="qwen: Qwen2.5-VL (Lingshu-7B's family); huatuo: HuatuoGPT-Vision's original llava_qwen2 format")
+                   help="qwen: Qwen2.5-VL (Lingshu-7B's family); huatuo: HuatuoGPT-Vision's original llava_qwen2 "
+                        "format (default: qwen)")
     t.set_defaults(func=cmd_tiny_model)
 
     i = sub.add_parser("infer", help="ground -> prune -> answer for one image")
-    i.add_argument("--model", required=True, help="hub id or local folder (e.g. a `vitos tiny-model` output)")
-    i.add_argument("--image", required=True, help="JPEG, PNG (8/16-bit, grayscale) or DICOM file")
-    i.add_argument("--question", required=True)
-    i.add_argument("--options", default=None, help="multiple choice: 'A=text,B=text' or 'text|text|text'")
+    i.add_argument("--model", required=True,
+                   help="hub id or local folder, e.g. a `vitos tiny-model` output (required)")
+    i.add_argument("--image", required=True, help="JPEG, PNG (8/16-bit, grayscale) or DICOM file (required)")
+    i.add_argument("--question", required=True, help="the question about the image (required)")
+    i.add_argument("--options", default=None,
+                   help="multiple choice: 'A=text,B=text' or 'text|text|text' (default: none, not multiple choice)")
     i.add_argument("--kind", choices=["yes_no", "choice", "open"], default=None,
                    help="answer style (default: choice with --options, else open)")
-    i.add_argument("--mode", choices=["vitos", "full"], default="vitos")
-    i.add_argument("--json", action="store_true", help="print a JSON record")
-    i.add_argument("--overlay", default=None, help="write a PNG with boxes and the kept-token grid")
+    i.add_argument("--mode", choices=["vitos", "full"], default="vitos",
+                   help="vitos: ground -> prune -> answer; full: answer on every visual token (default: vitos)")
+    i.add_argument("--json", action="store_true", help="print a JSON record (default: readable text)")
+    i.add_argument("--overlay", default=None,
+                   help="write a PNG with boxes and the kept-token grid to this path (default: none)")
     i.add_argument("--boxes", default=None,
-                   help="use these normalised evidence boxes instead of the grounding pass, e.g. '[[0.1,0.2,0.5,0.6]]'")
+                   help="use these normalised evidence boxes instead of the grounding pass, e.g. '[[0.1,0.2,0.5,0.6]]' "
+                        "(default: the grounding pass's)")
     saved = "default: the model's saved setting (vitos_settings.json), else"
     i.add_argument("--margin", type=float, default=None, help=f"box dilation, normalised units ({saved} 0.0)")
     i.add_argument("--min-keep", type=int, default=None, help=f"fewest visual tokens kept per image ({saved} 1)")
@@ -157,9 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how pruned tokens are folded in ({saved} merge)")
     i.add_argument("--max-new-tokens", type=int, default=None, help=f"longest completion per pass ({saved} 256)")
     i.add_argument("--temperature", type=float, default=None, help=f"0 = greedy decoding ({saved} 0.0)")
-    i.add_argument("--dtype", default="auto")
-    i.add_argument("--device", default="auto")
-    i.add_argument("--attn", default="sdpa", help="attention implementation: sdpa, eager, flash_attention_2")
+    i.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16, float16 (default: auto)")
+    i.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    i.add_argument("--attn", default="sdpa",
+                   help="attention implementation: sdpa, eager, flash_attention_2 (default: sdpa)")
     i.set_defaults(func=cmd_infer)
     for name, (_, _, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)

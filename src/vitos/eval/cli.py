@@ -19,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+from vitos.config import error_line
 from vitos.eval.benchmarks import BENCHMARKS
 from vitos.eval.judge_llm import JudgeError, LLMJudgeConfig
 from vitos.eval.loop import MODES, PROTOCOLS, EvalConfig, apply_protocol, evaluate
+from vitos.eval.loop import _validate as validate
+from vitos.models.settings import SYNTHETIC_NOTE, Resolved, read_settings, resolve_settings
 from vitos.pipeline import PruneConfig
 
-__all__ = ["main_eval"]
+__all__ = ["main_eval", "build_parser", "Progress"]
 
 # Flags whose value a protocol preset supplies when the user did not give them (flag dest -> preset key).
 _PROTOCOL_FLAGS = {
@@ -48,47 +51,91 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def _eval_parser() -> argparse.ArgumentParser:
+_SAVED = "default: the model's saved setting (vitos_settings.json), else"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `vitos eval` argument parser (every option has a help line that states its default)."""
     p = _Parser(prog="vitos eval", description="Evaluate a model on benchmarks in one mode (resumable).")
-    p.add_argument("--model", required=True, help="hub id or local folder")
-    p.add_argument("--benchmarks", required=True, help=f"comma list of {', '.join(BENCHMARKS)}")
-    p.add_argument("--mode", choices=MODES, default="vitos")
-    p.add_argument("--out", required=True, help="output folder; rerunning into it resumes")
-    p.add_argument("--limit", type=int, default=None, help="first N samples per benchmark")
-    p.add_argument("--data-dir", default=None, help="local copies: D/<benchmark>/ (or the one benchmark's folder)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--model", required=True, help="hub id or local model folder (required)")
+    p.add_argument("--benchmarks", required=True, help=f"comma list of {', '.join(BENCHMARKS)} (required)")
+    p.add_argument("--mode", choices=MODES, default="vitos",
+                   help="full (all tokens), vitos (ground -> prune -> answer) or a baseline (default: vitos)")
+    p.add_argument("--out", required=True,
+                   help="output folder (required); rerunning into it resumes the same model and settings")
+    p.add_argument("--limit", type=int, default=None, help="first N samples per benchmark (default: all)")
+    p.add_argument("--data-dir", default=None,
+                   help="local copies: D/<benchmark>/ (or the one benchmark's folder) (default: download from the hub)")
+    p.add_argument("--split", default="test", help="benchmark split (default: test)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="questions per generation call, also the resume granularity (default: 8)")
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="vitos",
-                   help="preset of every protocol setting below (README: evaluation protocol table)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="per pass; vitos 256, medevalkit 8192")
-    p.add_argument("--prompt-style", choices=["vitos", "benchmark", "medevalkit"], default=None)
-    p.add_argument("--slake-languages", choices=["en", "all"], default=None, help="SLAKE rows (kit: all)")
-    p.add_argument("--mmmu-images", choices=["all", "first"], default=None, help="MMMU images shown (kit: first)")
+                   help="preset of every protocol setting below (README: evaluation protocol table) (default: vitos)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"longest completion per pass ({_SAVED} 256; --protocol medevalkit: 8192, over a saved value)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"sampling temperature, 0 = greedy ({_SAVED} 0.0)")
+    p.add_argument("--prompt-style", choices=["vitos", "benchmark", "medevalkit"], default=None,
+                   help="answer-pass prompt of full and baseline modes (default: the protocol's: vitos / medevalkit)")
+    p.add_argument("--slake-languages", choices=["en", "all"], default=None,
+                   help="SLAKE rows (default: the protocol's: vitos en, medevalkit all)")
+    p.add_argument("--mmmu-images", choices=["all", "first"], default=None,
+                   help="MMMU images shown (default: the protocol's: vitos all, medevalkit first)")
     p.add_argument("--medxpertqa-choices", choices=["strip", "keep"], default=None,
-                   help="MedXpertQA's written-out 'Answer Choices' block (kit: keep)")
-    p.add_argument("--budget-ratio", type=float, default=None, help="baselines: keep this fraction of tokens")
-    p.add_argument("--budget-from", default=None, help="baselines: per-sample kept counts of a vitos run folder")
-    p.add_argument("--fastv-layer", type=int, default=1, help="0-based layer whose attention ranks tokens")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compat", choices=["none", "medevalkit"], default=None, help="judge with MedEvalKit's rules")
-    p.add_argument("--margin", type=float, default=0.0)
-    p.add_argument("--min-keep", type=int, default=1)
-    p.add_argument("--fusion", choices=["none", "merge", "contextual"], default="merge")
-    p.add_argument("--num-contextual", type=int, default=4)
-    p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL for an LLM judge of open questions")
-    p.add_argument("--judge-model", default="gpt-4o-mini")
-    p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--judge-style", choices=["vitos", "medevalkit"], default=None)
-    p.add_argument("--judge-benchmarks", default=None, help="comma list of benchmarks the LLM judge decides (all)")
-    p.add_argument("--judge-max-calls", type=int, default=20000, help="most LLM judge requests in one run")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--attn", default="sdpa")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+                   help="MedXpertQA's written-out 'Answer Choices' block (default: the protocol's: vitos strip, "
+                        "medevalkit keep)")
+    p.add_argument("--budget-ratio", type=float, default=None,
+                   help="baselines: keep this fraction of tokens (default: none; a baseline needs this or --budget-from)")
+    p.add_argument("--budget-from", default=None,
+                   help="baselines: per-sample kept counts of a vitos run folder (default: none)")
+    p.add_argument("--fastv-layer", type=int, default=1,
+                   help="fastv: 0-based layer whose attention ranks tokens (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random baseline (default: 0)")
+    p.add_argument("--compat", choices=["none", "medevalkit"], default=None,
+                   help="judging rules: none = docs/scoring.md, medevalkit = the kit's (default: the protocol's)")
+    p.add_argument("--margin", type=float, default=None, help=f"vitos: box dilation, normalised units ({_SAVED} 0.0)")
+    p.add_argument("--min-keep", type=int, default=None, help=f"vitos: fewest visual tokens kept per image ({_SAVED} 1)")
+    p.add_argument("--fusion", choices=["none", "merge", "contextual"], default=None,
+                   help=f"vitos: how pruned tokens are folded in ({_SAVED} merge)")
+    p.add_argument("--num-contextual", type=int, default=None,
+                   help=f"contextual fusion and visionzip: contextual tokens ({_SAVED} 4)")
+    p.add_argument("--judge-url", default=None,
+                   help="OpenAI-compatible base URL for an LLM judge of open questions (default: none, rules only)")
+    p.add_argument("--judge-model", default="gpt-4o-mini", help="LLM judge model name (default: gpt-4o-mini)")
+    p.add_argument("--judge-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the judge's API key (default: OPENAI_API_KEY)")
+    p.add_argument("--judge-style", choices=["vitos", "medevalkit"], default=None,
+                   help="which open questions the LLM judge decides (default: the protocol's)")
+    p.add_argument("--judge-benchmarks", default=None,
+                   help="comma list of benchmarks the LLM judge decides (default: the protocol's; vitos: all)")
+    p.add_argument("--judge-max-calls", type=int, default=20000,
+                   help="most LLM judge requests in one run (default: 20000)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16, float16 (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--attn", default="sdpa",
+                   help="attention implementation: sdpa, eager, flash_attention_2 (default: sdpa)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or progress lines on stderr (default: progress shown)")
     return p
 
 
-def _config_from_args(args: argparse.Namespace) -> EvalConfig:
+_eval_parser = build_parser  # the older name
+
+
+def resolve_run_settings(args: argparse.Namespace) -> Resolved:
+    """The model's saved settings (vitos_settings.json) under the flags given (None = not given)."""
+    flags = {k: getattr(args, k) for k in ("fusion", "margin", "min_keep", "num_contextual", "max_new_tokens",
+                                           "temperature")}
+    return resolve_settings(read_settings(args.model), flags)
+
+
+def _config_from_args(args: argparse.Namespace, chosen: Resolved | None = None) -> EvalConfig:
+    """EvalConfig of the arguments; `chosen`: the resolved model settings (`resolve_run_settings`)."""
+    chosen = resolve_run_settings(args) if chosen is None else chosen
+    s = chosen.settings
+    if args.max_new_tokens is None and args.protocol == "vitos":  # the saved (or built-in) value, not the preset's
+        args = argparse.Namespace(**{**vars(args), "max_new_tokens": s.max_new_tokens})
     explicit = {dest for dest in _PROTOCOL_FLAGS if getattr(args, dest) is not None}
     judge_benchmarks = None
     if args.judge_benchmarks is not None:
@@ -106,8 +153,9 @@ def _config_from_args(args: argparse.Namespace) -> EvalConfig:
         budget_from=args.budget_from,
         fastv_layer=args.fastv_layer,
         seed=args.seed,
+        temperature=s.temperature,
         prune=PruneConfig(
-            margin=args.margin, min_keep=args.min_keep, fusion=args.fusion, num_contextual=args.num_contextual
+            margin=s.margin, min_keep=s.min_keep, fusion=s.fusion, num_contextual=s.num_contextual  # type: ignore[arg-type]
         ),
         judge=LLMJudgeConfig(
             url=args.judge_url, model=args.judge_model, api_key_env=args.judge_key_env, max_calls=args.judge_max_calls
@@ -134,36 +182,89 @@ def _config_from_args(args: argparse.Namespace) -> EvalConfig:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from vitos.models import ModelLoadError  # lazily: importing the model zoo is slow
 
-    return (ValueError, FileNotFoundError, ModelLoadError, JudgeError)  # ConfigError, ImageError are ValueErrors
+    # ConfigError, ImageError, PathError, SettingsError are ValueErrors; OSError: unreadable or unwritable files
+    return (ValueError, OSError, ModelLoadError, JudgeError)
+
+
+class Progress:
+    """Progress over questions, per benchmark: a tqdm bar (rate, ETA) on a terminal; on a pipe or a log file
+    one parseable line per batch,
+
+        vitos eval: progress benchmark=vqa_rad done=16 total=451 rate=2.31/s eta_s=188
+
+    and nothing with `quiet`. `start` / `batch` fit `evaluate`'s `on_start` / `on_batch`."""
+
+    def __init__(self, quiet: bool = False, stream=None, tty: bool | None = None):
+        self.quiet = quiet
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self.bar = None
+        self.t0 = time.perf_counter()
+        self.first = 0
+
+    def start(self, name: str, done: int, total: int) -> None:
+        self.close()
+        self.t0, self.first = time.perf_counter(), done
+        if self.quiet:
+            return
+        if self.tty:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=name, unit="q", file=self.stream, dynamic_ncols=True)
+        else:
+            self._line(name, done, total)
+
+    def batch(self, name: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        else:
+            self._line(name, done, total)
+
+    def _line(self, name: str, done: int, total: int) -> None:
+        elapsed = time.perf_counter() - self.t0
+        rate = (done - self.first) / elapsed if elapsed > 0 and done > self.first else None
+        eta = (total - done) / rate if rate else None
+        print(f"vitos eval: progress benchmark={name} done={done} total={total} "
+              f"rate={'-' if rate is None else f'{rate:.2f}/s'} eta_s={'-' if eta is None else f'{eta:.0f}'}",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def main_eval(argv: list[str]) -> int:
     """`vitos eval ...`; returns the exit status (2 with a one-line message for errors a user can fix)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args = _eval_parser().parse_args(argv)
+        args = build_parser().parse_args(argv)
     except _UsageError as err:
         print(f"vitos eval: error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
 
-    t0 = time.perf_counter()
-
-    def progress(name: str, done: int, total: int) -> None:
-        if not args.quiet:
-            print(f"{name}: {done}/{total} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-
+    progress = Progress(quiet=args.quiet)
     try:
-        cfg = _config_from_args(args)
-        evaluate(cfg, on_batch=progress)
+        chosen = resolve_run_settings(args)
+        cfg = _config_from_args(args, chosen)
+        validate(cfg)  # a bad value is the one line printed, before the settings lines
+        for line in chosen.warnings():
+            print(f"vitos eval: {line}", file=sys.stderr)
+        print(f"vitos eval: {chosen.describe()}", file=sys.stderr)
+        if args.max_new_tokens is None and cfg.max_new_tokens != chosen.settings.max_new_tokens:
+            print(f"vitos eval: --protocol {cfg.protocol} sets max_new_tokens={cfg.max_new_tokens}", file=sys.stderr)
+        if chosen.settings.synthetic:
+            print(f"vitos eval: {SYNTHETIC_NOTE.format(model=args.model)}", file=sys.stderr)
+        evaluate(cfg, on_batch=progress.batch, on_start=progress.start)
     except _user_errors() as err:
-        print(f"vitos eval: error: {_one_line(err)}", file=sys.stderr)
+        progress.close()
+        print(f"vitos eval: error: {error_line(err)}", file=sys.stderr)
         return 2
+    progress.close()
     print((Path(cfg.out) / "scores.md").read_text(), end="")
     print(f"wrote {cfg.out}")
     return 0
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())

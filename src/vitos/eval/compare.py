@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import zlib
@@ -34,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
+from vitos.config import error_line
 from vitos.eval.predictions import read_predictions
 from vitos.eval.scoring import relative_performance
 from vitos.stats import bootstrap_replicate_means, mcnemar_exact, paired_bootstrap_ratio
 
-__all__ = ["load_scores", "compare_runs", "format_comparison", "main_compare", "DifferentQuestionsError"]
+__all__ = ["load_scores", "check_scores", "compare_runs", "format_comparison", "main_compare", "DifferentQuestionsError"]
 
 
 class DifferentQuestionsError(ValueError):
@@ -61,7 +63,36 @@ def load_scores(run: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON ({err})") from None
     if not isinstance(scores, dict):
         raise ValueError(f"{path} does not hold a scores object")
+    check_scores(scores, path)
     return scores
+
+
+# Numbers of a benchmark's scores that compare reads, and their valid range (accuracies are percentages,
+# kept-token ratios fractions).
+_CHECKED = {"accuracy": (0.0, 100.0), "kept_token_ratio": (0.0, 1.0)}
+
+
+def check_scores(scores: Mapping[str, Any], where: str | os.PathLike[str] = "scores") -> None:
+    """Refuse (ValueError, one line naming the file, benchmark, field and value) a scores object whose
+    accuracies are not numbers in [0, 100] or kept-token ratios not in [0, 1]: NaN, infinite, negative,
+    too large, strings and booleans; `n` must be a whole number >= 0. Missing values are allowed
+    (a benchmark without an accuracy is skipped and listed)."""
+    for name, entry in scores.items():
+        if not isinstance(entry, Mapping):
+            continue
+        for key, (low, high) in _CHECKED.items():
+            value = entry.get(key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}: {name}.{key} is {value!r}, not a number; it must lie in [{low:g}, {high:g}] "
+                                 "(is it a `vitos eval` scores.json?)")
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{where}: {name}.{key} = {value!r} is outside [{low:g}, {high:g}]; the file is "
+                                 "damaged or edited: rerun `vitos eval` into that folder to rewrite it")
+        n = entry.get("n")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"{where}: {name}.n = {n!r} must be a whole number >= 0")
 
 
 def _verdicts(run: str | os.PathLike[str], benchmark: str) -> dict[str, float] | None:
@@ -229,19 +260,27 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
-def main_compare(argv: list[str]) -> int:
-    """`vitos compare RUN BASELINE [--json] [--allow-different-questions]`; returns the exit status (2 + one
-    line for fixable errors)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The `vitos compare` argument parser."""
     p = _Parser(prog="vitos compare", description="Relative performance of RUN against BASELINE (100 = on par).")
     p.add_argument("run", help="vitos eval output folder (or its scores.json)")
     p.add_argument("baseline", help="the run to compare against, e.g. the full-token run")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table (default: a markdown table)")
     p.add_argument("--allow-different-questions", action="store_true",
-                   help="compare runs that scored different questions (paired statistics on the common ones)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates for the paired intervals")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+                   help="compare runs that scored different questions (paired statistics on the common ones) "
+                        "(default: refuse)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates for the paired intervals (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    return p
+
+
+def main_compare(argv: list[str]) -> int:
+    """`vitos compare RUN BASELINE [--json] [--allow-different-questions]`; returns the exit status (2 + one
+    line for fixable errors)."""
     try:
-        args = p.parse_args(argv)
+        args = build_parser().parse_args(argv)
+        if args.n_boot < 1:
+            raise _UsageError(f"--n-boot {args.n_boot} must be >= 1")
     except _UsageError as err:
         print(f"vitos compare: error: {err}", file=sys.stderr)
         return 2
@@ -249,8 +288,8 @@ def main_compare(argv: list[str]) -> int:
         return int(exit_.code or 0)
     try:
         result = compare_runs(args.run, args.baseline, args.allow_different_questions, args.n_boot, args.seed)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"vitos compare: error: {' '.join(str(err).split())}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # FileNotFoundError is an OSError; EvalError a ValueError
+        print(f"vitos compare: error: {error_line(err)}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else format_comparison(result), end="\n" if args.json else "")
     return 0

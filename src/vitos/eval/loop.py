@@ -33,6 +33,10 @@ DIR/<benchmark>/skipped.jsonl and counted in scores.json (`skipped_rows`, `skipp
 
 Output folder DIR:
     DIR/config.yaml                      the resolved EvalConfig (written first; a resumed run must match it)
+    DIR/model.json                       the model's fingerprint (`vitos.eval.fingerprint`: config.json and
+                                         the weight files' sizes and edge hashes); a resumed run must match
+                                         it, so new weights under the same --model path are never mixed with
+                                         the old predictions
     DIR/<benchmark>/predictions.jsonl    the resumable log (`vitos.eval.predictions`); fields `RECORD_FIELDS`
     DIR/<benchmark>/skipped.jsonl        {where, reason} of every release row the loader skipped
     DIR/scores.json                      per benchmark: n, accuracy with its 95 % interval, closed / open
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,7 +66,7 @@ from typing import Any, Literal
 import torch
 
 from vitos.answers import Judgement, judge_completion, locate_answer, normalize_text
-from vitos.config import ConfigError, save_config, to_dict
+from vitos.config import ConfigError, require_ranges, save_config, to_dict
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig
 from vitos.eval.baselines import (
@@ -80,11 +85,13 @@ from vitos.eval.benchmarks.medxpertqa import MedXpertQA
 from vitos.eval.benchmarks.mmmu_med import MMMUMed
 from vitos.eval.benchmarks.slake import Slake
 from vitos.eval.judge_llm import KIT_BENCHMARKS, LLMJudge, LLMJudgeConfig
+from vitos.eval.fingerprint import describe_change, model_fingerprint
 from vitos.eval.medevalkit import kit_judge_input
 from vitos.eval.predictions import EvalError, append_records, load_budgets, open_log
 from vitos.eval.reports import collect_runs, plot_accuracy_vs_kept, run_markdown, runs_table
 from vitos.eval.scoring import aggregate, is_closed, score_benchmark
 from vitos.models.base import EncodedImage, ModelAdapter
+from vitos.paths import atomic_write_text
 from vitos.pipeline import PruneConfig, encode, load_sample_images, run
 from vitos.prompts import sparse_prompt
 from vitos.pruning.sparse import assemble
@@ -117,7 +124,11 @@ else `correct_rule` (`vitos.answers.judge`)."""
 _RESULT_FIELDS = (
     "model", "mode", "split", "max_new_tokens", "prompt_style", "budget_ratio", "budget_from",
     "fastv_layer", "seed", "compat", "prune", "dtype", "slake_languages", "mmmu_images", "medxpertqa_choices",
+    "temperature",
 )  # fmt: skip
+# Not keyed (they do not change what a greedy pass answers, up to floating-point noise): limit (a resumed
+# run may extend it), batch_size, device, attn, data_dir (the questions and answers of every reused record
+# are checked against the data instead).
 
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -157,7 +168,9 @@ class EvalConfig:
     batch_size: int = 8
     """Questions per batched generation call; also the granularity of the resumable log."""
     max_new_tokens: int = 256
-    """Greedy decoding limit per pass (grounding and answer each)."""
+    """Decoding limit per pass (grounding and answer each)."""
+    temperature: float = 0.0
+    """Sampling temperature of both passes; 0 = greedy (the evaluation protocol)."""
     prompt_style: Literal["vitos", "benchmark", "medevalkit"] = "vitos"
     """Answer-pass prompt of full/baseline modes: vitos (sparse_prompt, tags), benchmark (the benchmark's own,
     `Benchmark.prompt`) or medevalkit (the kit's wording, `medevalkit_prompt`)."""
@@ -258,6 +271,10 @@ def _validate(cfg: EvalConfig) -> None:
         raise ConfigError(f"compat must be None or 'medevalkit', got {cfg.compat!r}")
     if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
         raise ConfigError(f"batch_size and max_new_tokens must be >= 1, got {cfg.batch_size}, {cfg.max_new_tokens}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
+        raise ConfigError(f"--temperature must be a finite number >= 0 (0 = greedy), got {cfg.temperature}")
+    require_ranges(cfg.prune, names={"margin": "--margin", "min_keep": "--min-keep",
+                                     "num_contextual": "--num-contextual"})
     if cfg.limit is not None and cfg.limit < 0:
         raise ConfigError(f"limit must be >= 0 or None, got {cfg.limit}")
     if cfg.fastv_layer < 0:
@@ -272,11 +289,34 @@ def _result_view(values: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
+def _check_out(cfg: EvalConfig, out: Path) -> None:
+    """--out is a writable folder that is not, holds no and lies in no input (vitos.paths)."""
+    from vitos.paths import check_output_dir, check_writable_dir
+
+    check_writable_dir(out, "--out")
+    check_output_dir(out, "--out", [("--model", cfg.model), ("--data-dir", cfg.data_dir),
+                                    ("--budget-from", cfg.budget_from)])
+
+
 def _claim_run_dir(cfg: EvalConfig, out: Path) -> None:
-    """Write DIR/config.yaml, or check that the run already in DIR was started with the same settings."""
+    """Write DIR/config.yaml and DIR/model.json, or check that the run already in DIR was started with the
+    same settings on the same model (a folder from before model.json existed gets one and resumes; a folder
+    without predictions yet, e.g. after a model that failed to load, takes the model of this run)."""
     import yaml
 
     path = out / "config.yaml"
+    key_path = out / "model.json"
+    fingerprint = model_fingerprint(cfg.model)
+    has_predictions = any(f.is_file() and f.stat().st_size for f in out.glob("*/predictions.jsonl"))
+    if path.is_file() and key_path.is_file() and has_predictions:  # nothing to reuse: the key is just rewritten
+        try:
+            old_fp = json.loads(key_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise EvalError(f"{key_path} is damaged (not JSON); delete {out} (or use another --out) and rerun") from None
+        change = describe_change(old_fp, fingerprint)
+        if change:
+            raise EvalError(f"{out} holds predictions of another model than --model {cfg.model} is now ({change}); "
+                            "use another --out, or delete that folder to evaluate the new model")
     if path.is_file():
         old = yaml.safe_load(path.read_text()) or {}
         old_view, new_view = _result_view(old), _result_view(to_dict(cfg))
@@ -285,12 +325,18 @@ def _claim_run_dir(cfg: EvalConfig, out: Path) -> None:
             changes = ", ".join(f"{k}: {old_view.get(k)!r} -> {new_view[k]!r}" for k in diff)
             raise EvalError(f"{out} holds a run with other settings ({changes}); use another --out or delete it")
     save_config(cfg, path)
+    atomic_write_text(key_path, json.dumps(fingerprint, indent=2) + "\n")
 
 
 def _data_dir(cfg: EvalConfig, name: str) -> Path | None:
     if cfg.data_dir is None:
         return None
     root = Path(cfg.data_dir).expanduser()
+    if not root.exists():
+        raise EvalError(f"--data-dir {root} does not exist; give the folder holding one subfolder per benchmark "
+                        f"({name}/ ...), or, with one benchmark, that benchmark's folder")
+    if not root.is_dir():
+        raise EvalError(f"--data-dir {root} is a file, not a folder; give the folder holding {name}/")
     if (root / name).is_dir():
         return root / name
     if len(cfg.benchmarks) == 1 and root.is_dir():
@@ -380,7 +426,7 @@ def _run_batch(
     budgets: dict[str, int] | None,
     llm_judge: LLMJudge | None,
 ) -> list[dict[str, Any]]:
-    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0)
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     encoded = encode(adapter, [load_sample_images(s) for s in samples])
     targets: list[int | None] = [None] * len(samples)
     if cfg.mode == "vitos":
@@ -463,6 +509,19 @@ def _score(records: Mapping[str, Mapping[str, Any]], samples: list[Sample]) -> d
     return score_benchmark(judgements, samples, [r["kept_ratio"] for r in recs])
 
 
+def _check_reused(path: Path, done: Mapping[str, Mapping[str, Any]], samples: list[Sample]) -> None:
+    """A reused record must be of the same question and reference answer as the data read now."""
+    for s in samples:
+        r = done.get(s.id)
+        if r is None:
+            continue
+        for key, now in (("question", s.question), ("answer", s.answer)):
+            if json.loads(json.dumps(now)) != r.get(key):
+                raise EvalError(f"{path}: sample {s.id}'s {key} differs from the data read now "
+                                f"({r.get(key)!r} -> {now!r}); the folder was made on other data: use another "
+                                "--out or delete it")
+
+
 def _write_skipped(path: Path, skipped: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
@@ -488,15 +547,18 @@ def evaluate(
     cfg: EvalConfig,
     adapter: ModelAdapter | None = None,
     on_batch: Callable[[str, int, int], None] | None = None,
+    on_start: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Run `cfg` (resuming what DIR already holds) and write predictions, scores.json/.md and the plot.
 
     `adapter` reuses a loaded model (else `cfg.model` is loaded); `on_batch(benchmark, done, total)` is
     called after each batch is safely on disk (progress display; an exception there stops the run, which
-    the next call resumes). Returns the scores.json content.
+    the next call resumes); `on_start(benchmark, done, total)` before each benchmark's first batch (`done`:
+    the questions a resumed run already holds). Returns the scores.json content.
     """
     _validate(cfg)
     out = Path(cfg.out).expanduser()
+    _check_out(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     _claim_run_dir(cfg, out)
 
@@ -525,8 +587,11 @@ def evaluate(
         path = out / bench.name / "predictions.jsonl"
         _write_skipped(out / bench.name / "skipped.jsonl", skipped)
         done = open_log(path)
+        _check_reused(path, done, samples)
         wanted = {s.id for s in samples}
         todo = [s for s in samples if s.id not in done]
+        if on_start is not None:
+            on_start(bench.name, len(samples) - len(todo), len(samples))
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
             records = _run_batch(cfg, adapter, bench, batch, budgets, llm_judge)
@@ -549,7 +614,7 @@ def evaluate(
     for key in ("slake_languages", "mmmu_images", "medxpertqa_choices", "max_new_tokens"):
         scores[key] = getattr(cfg, key)
     scores["protocol_deviations"] = sorted(protocol_deviations(cfg))
-    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    atomic_write_text(out / "scores.json", json.dumps(scores, indent=2) + "\n")
 
     runs = collect_runs(out.parent)
     runs[out.name] = scores
@@ -557,7 +622,7 @@ def evaluate(
     if len(runs) >= 2:
         md += "\n## Runs beside this one\n\n" + runs_table(runs)
         plot_accuracy_vs_kept(runs, out / "accuracy_vs_kept.png")
-    (out / "scores.md").write_text(md)
+    atomic_write_text(out / "scores.md", md)
     return scores
 
 

@@ -1,7 +1,9 @@
 """The resumable prediction log of `vitos eval`: DIR/<benchmark>/predictions.jsonl.
 
-One JSON line per finished sample, appended, flushed and fsync'd per batch. A rerun skips finished ids;
-a torn last line (a kill during the write) is dropped and its sample redone; duplicate ids keep the first
+One JSON line per finished sample, appended, flushed and fsync'd per batch (append-safe: a kill leaves
+every earlier line intact and at most one torn last line). A rerun skips finished ids; a torn last line
+(cut anywhere, inside a multi-byte character included) is dropped, the file rewritten atomically without
+it (temp + rename), and its sample redone; duplicate ids keep the first
 record; a broken line elsewhere is an error (`EvalError`). Fields: `vitos.eval.loop.RECORD_FIELDS`.
 
     records = read_predictions("runs/x/vqa_rad/predictions.jsonl")     # id -> record, file order
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vitos.eval.baselines import budgets_from_records
+from vitos.paths import fsync_dir
 
 __all__ = ["EvalError", "read_predictions", "open_log", "append_records", "load_budgets"]
 
@@ -35,7 +38,7 @@ def _scan(path: Path) -> tuple[dict[str, dict[str, Any]], int]:
             continue
         try:
             rec = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a cut can split a multi-byte character too
             if i == len(lines) - 1:  # no newline after it: the write was cut by a kill
                 dropped += 1
                 continue
@@ -69,6 +72,7 @@ def open_log(path: Path) -> dict[str, dict[str, Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     return records
 
 

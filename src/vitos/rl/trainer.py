@@ -412,28 +412,42 @@ def _mean_over_processes(metrics: dict[str, Any], acc: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The `vitos train` argument parser (every option has a help line with its default)."""
+    p = argparse.ArgumentParser(prog="vitos train", description="ViToS dual-stream GRPO training.")
+    p.add_argument("--config", help="YAML file of TrainConfig values, e.g. configs/tiny_cpu.yaml "
+                                    "(default: none, the built-in defaults; or the checkpoint's own with --resume)")
+    p.add_argument("--resume", help="run directory (latest checkpoint) or checkpoints/step-N folder (default: none, "
+                                    "a new run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="checkpoint.out_dir holds a run: delete its files (listed first) and start over "
+                        "(default: a used folder is refused)")
+    p.add_argument("--help-config", action="store_true",
+                   help="print every config key with its built-in default (TrainConfig's, not a --config file's "
+                        "values), its valid range and meaning, then exit")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value overrides, e.g. schedule.name=joint rollout.group_size=4 (default: none)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="build the model on the meta device (config.json only), print the per-GPU memory and disk "
+                        "estimate and exit (0 = fits, 1 = does not fit) without training (default: train)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="--dry-run: memory of one GPU in GiB (default: 80)")
+    p.add_argument("--num-processes", type=int, default=None,
+                   help="--dry-run: processes (GPUs); overrides the accelerate config's num_processes "
+                        "(default: the accelerate config's, else 1)")
+    p.add_argument("--accelerate-config", metavar="FILE", default=None,
+                   help="--dry-run: accelerate config yaml to read distributed type, mixed precision and process count "
+                        "from (default: none)")
+    return p
+
+
 def main_train(argv: list[str]) -> int:
     """`vitos train --config FILE [--resume RUN_OR_CKPT | --overwrite] [key=value ...]` / `vitos train --help-config`;
     `--dry-run [--accelerate-config FILE] [--num-processes N] [--gpu-memory-gb 80]`: memory estimate only.
     Every error a user can fix (bad value, used or unwritable folder, damaged checkpoint or weights) is one
     line on stderr and exit status 2."""
-    p = argparse.ArgumentParser(prog="vitos train", description="ViToS dual-stream GRPO training.")
-    p.add_argument("--config", help="YAML file of TrainConfig values (e.g. configs/tiny_cpu.yaml)")
-    p.add_argument("--resume", help="run directory (latest checkpoint) or checkpoints/step-N folder")
-    p.add_argument("--overwrite", action="store_true",
-                   help="checkpoint.out_dir holds a run: delete its files (listed first) and start over")
-    p.add_argument("--help-config", action="store_true", help="list every config key, its default and meaning")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. schedule.name=joint rollout.group_size=4")
-    p.add_argument("--dry-run", action="store_true",
-                   help="build the model on the meta device (config.json only), print the per-GPU memory and disk "
-                        "estimate and exit (0 = fits, 1 = does not fit) without training")
-    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="--dry-run: memory of one GPU in GiB (default 80)")
-    p.add_argument("--num-processes", type=int, default=None,
-                   help="--dry-run: processes (GPUs); overrides the accelerate config's num_processes")
-    p.add_argument("--accelerate-config", metavar="FILE", default=None,
-                   help="--dry-run: accelerate config yaml to read distributed type, mixed precision and process count from")
-    args = p.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.help_config:
+        print("# TrainConfig's built-in defaults (not the values of a --config file or of key=value overrides)")
         for key, default, doc in describe(TrainConfig):
             print(f"{key} = {default}\n    {doc}")
         return 0
