@@ -296,3 +296,20 @@ def test_a_model_that_failed_to_load_does_not_lock_its_folder(tiny_model_dir, vq
     assert main_eval(_eval_args(model, out, vqa_rad_dir, "--quiet")) == 2  # claimed, no predictions written
     weights.write_bytes(good)  # the user re-downloads the model
     assert main_eval(_eval_args(model, out, vqa_rad_dir, "--quiet")) == 0
+
+
+def test_a_hub_model_downloaded_by_the_run_resumes_but_a_new_snapshot_is_refused():
+    before = {"kind": "hub", "id": "org/m", "commit": None}
+    assert describe_change(before, {"kind": "hub", "id": "org/m", "commit": "abc"}) == ""
+    assert "abc -> def" in describe_change({"kind": "hub", "id": "org/m", "commit": "abc"},
+                                           {"kind": "hub", "id": "org/m", "commit": "def"})
+
+
+@pytest.mark.parametrize("damage", ["mode: [unclosed", "- a list\n- not settings\n"])
+def test_a_damaged_run_config_is_one_line(tiny_model_dir, vqa_rad_dir, tmp_path, capsys, damage):
+    out = tmp_path / "o"
+    assert main_eval(_eval_args(tiny_model_dir, out, vqa_rad_dir, "--quiet")) == 0
+    (out / "config.yaml").write_text(damage)
+    capsys.readouterr()
+    assert main_eval(_eval_args(tiny_model_dir, out, vqa_rad_dir, "--quiet")) == 2
+    _one_error_line(capsys, "config.yaml is damaged")

@@ -7,7 +7,8 @@
     vitos compare runs/lingshu/vitos runs/lingshu/full
 
 Modules: `benchmarks` (one loader per benchmark; bad rows skipped and reported), `loop` (`EvalConfig`,
-protocol presets, `evaluate`), `predictions` (the resumable log), `reports` (tables, plot), `cli`
+protocol presets, `evaluate`), `predictions` (the resumable log), `fingerprint` (what a model is: the key of
+resumable predictions), `reports` (tables, plot), `cli`
 (`main_eval`), `runner` (the public names of those four), `scoring` (accuracy with Wilson intervals,
 relative performance, tables), `medevalkit` (`--compat medevalkit`: the kit's verdicts), `baselines`
 (random / center / FastV / VisionZip keep masks), `judge_llm` (optional LLM judge for open questions)

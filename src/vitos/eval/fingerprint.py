@@ -17,7 +17,8 @@ vitos_settings.json are not hashed: the settings they carry that change outputs 
 part of the run's config already.
 
 For a hub id the fingerprint is the commit of the cached snapshot (`huggingface_hub`'s cache, never a
-download), or the bare id when nothing is cached. `describe_change(old, new)` names what differs.
+download), or the bare id when nothing is cached (commit None: a run that downloads the model starts that
+way, and any commit is then accepted once; the key is rewritten with the commit on every run). `describe_change(old, new)` names what differs.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
     if old.get("kind") != new.get("kind"):
         return f"the model was a {old.get('kind')} and is now a {new.get('kind')}"
     if new.get("kind") == "hub":
+        if old.get("id") != new.get("id"):
+            return f"hub id {old.get('id')} -> {new.get('id')}"
+        if old.get("commit") is None or old.get("commit") == new.get("commit"):
+            return ""  # not cached when the run started (downloaded by it): nothing known to differ
         return f"hub snapshot {old.get('commit')} -> {new.get('commit')}"
     parts = []
     if old.get("config_sha256") != new.get("config_sha256"):

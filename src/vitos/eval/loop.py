@@ -3,7 +3,7 @@
     from vitos.eval.loop import EvalConfig, evaluate
     scores = evaluate(EvalConfig(model="/tmp/tiny", benchmarks=["vqa_rad"], mode="full", out="runs/x"))
 
-Modes (all at greedy decoding, batched, through `vitos.pipeline.run`):
+Modes (batched, through `vitos.pipeline.run`; greedy decoding unless `temperature` > 0):
     full       one pass on every visual token (the base model);
     vitos      ground -> prune -> answer (the ViToS inference path);
     random, center, fastv, visionzip
@@ -49,6 +49,11 @@ Output folder DIR:
                                          (`vitos.eval.reports`), when there are two or more
 
 Accuracies are percentages, kept-token ratios fractions (kept visual tokens / all visual tokens).
+
+Writes: predictions.jsonl is appended and fsync'd per batch (a kill leaves at most one torn last line, dropped
+on resume); config.yaml, model.json, skipped.jsonl, scores.json and scores.md are written atomically (temp +
+rename). --out is checked first (`vitos.paths`): a writable folder that is not, holds no and lies in no input
+(--model, --data-dir, --budget-from).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ from typing import Any, Literal
 import torch
 
 from vitos.answers import Judgement, judge_completion, locate_answer, normalize_text
-from vitos.config import ConfigError, require_ranges, save_config, to_dict
+from vitos.config import ConfigError, require_ranges, to_dict
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig
 from vitos.eval.baselines import (
@@ -318,13 +323,19 @@ def _claim_run_dir(cfg: EvalConfig, out: Path) -> None:
             raise EvalError(f"{out} holds predictions of another model than --model {cfg.model} is now ({change}); "
                             "use another --out, or delete that folder to evaluate the new model")
     if path.is_file():
-        old = yaml.safe_load(path.read_text()) or {}
+        try:
+            old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise EvalError(f"{path} is damaged ({' '.join(str(err).split())[:120]}); delete {out} (or use another "
+                            "--out) and rerun") from None
+        if not isinstance(old, dict):
+            raise EvalError(f"{path} is damaged (not a mapping of settings); delete {out} or use another --out")
         old_view, new_view = _result_view(old), _result_view(to_dict(cfg))
         diff = [k for k in new_view if old_view.get(k) != new_view[k]]
         if diff:
             changes = ", ".join(f"{k}: {old_view.get(k)!r} -> {new_view[k]!r}" for k in diff)
             raise EvalError(f"{out} holds a run with other settings ({changes}); use another --out or delete it")
-    save_config(cfg, path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # a kill leaves old or new, whole
     atomic_write_text(key_path, json.dumps(fingerprint, indent=2) + "\n")
 
 
@@ -524,8 +535,8 @@ def _check_reused(path: Path, done: Mapping[str, Mapping[str, Any]], samples: li
 
 def _write_skipped(path: Path, skipped: list) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"where": r.where, "reason": r.reason}, ensure_ascii=False) + "\n" for r in skipped)
+    atomic_write_text(path, "".join(json.dumps({"where": r.where, "reason": r.reason}, ensure_ascii=False) + "\n"
+                                    for r in skipped))
 
 
 def _load(cfg: EvalConfig, name: str) -> tuple[Benchmark, list[Sample], list]:
