@@ -282,8 +282,11 @@ def test_progress_on_a_terminal_is_a_bar_with_rate_and_eta():
 
 def test_main_eval_progress_lines_on_a_pipe(tiny_model_dir, vqa_rad_dir, tmp_path, capsys):
     assert main_eval(_eval_args(tiny_model_dir, tmp_path / "p", vqa_rad_dir, "--limit", "4")) == 0
-    lines = [line for line in capsys.readouterr().err.splitlines() if "progress" in line]
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "progress" in line]
     assert [(m.group(2), m.group(3)) for m in map(_LINE.match, lines)] == [("0", "4"), ("2", "4"), ("4", "4")]
+    assert "vitos eval: reading vqa_rad (test) ...\n" in err and f"vitos eval: loading the model {tiny_model_dir} ..." in err
+    assert err.index("loading the model") < err.index("progress")
 
 
 def test_a_model_that_failed_to_load_does_not_lock_its_folder(tiny_model_dir, vqa_rad_dir, tmp_path, capsys):

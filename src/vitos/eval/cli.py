@@ -192,7 +192,8 @@ class Progress:
 
         vitos eval: progress benchmark=vqa_rad done=16 total=451 rate=2.31/s eta_s=188
 
-    and nothing with `quiet`. `start` / `batch` fit `evaluate`'s `on_start` / `on_batch`."""
+    and nothing with `quiet`. `start` / `batch` / `stage` fit `evaluate`'s `on_start` / `on_batch` / `on_stage`
+    (a stage line says what it is waiting for: reading a benchmark, loading the model)."""
 
     def __init__(self, quiet: bool = False, stream=None, tty: bool | None = None):
         self.quiet = quiet
@@ -230,6 +231,12 @@ class Progress:
               f"rate={'-' if rate is None else f'{rate:.2f}/s'} eta_s={'-' if eta is None else f'{eta:.0f}'}",
               file=self.stream, flush=True)
 
+    def stage(self, text: str) -> None:
+        """A slow stage started: one line (`vitos eval: reading vqa_rad (test)`), unless quiet."""
+        if not self.quiet:
+            self.close()
+            print(f"vitos eval: {text} ...", file=self.stream, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -259,7 +266,7 @@ def main_eval(argv: list[str]) -> int:
             print(f"vitos eval: --protocol {cfg.protocol} sets max_new_tokens={cfg.max_new_tokens}", file=sys.stderr)
         if chosen.settings.synthetic:
             print(f"vitos eval: {SYNTHETIC_NOTE.format(model=args.model)}", file=sys.stderr)
-        evaluate(cfg, on_batch=progress.batch, on_start=progress.start)
+        evaluate(cfg, on_batch=progress.batch, on_start=progress.start, on_stage=progress.stage)
     except _user_errors() as err:
         progress.close()
         print(f"vitos eval: error: {error_line(err)}", file=sys.stderr)

@@ -559,13 +559,15 @@ def evaluate(
     adapter: ModelAdapter | None = None,
     on_batch: Callable[[str, int, int], None] | None = None,
     on_start: Callable[[str, int, int], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run `cfg` (resuming what DIR already holds) and write predictions, scores.json/.md and the plot.
 
     `adapter` reuses a loaded model (else `cfg.model` is loaded); `on_batch(benchmark, done, total)` is
     called after each batch is safely on disk (progress display; an exception there stops the run, which
     the next call resumes); `on_start(benchmark, done, total)` before each benchmark's first batch (`done`:
-    the questions a resumed run already holds). Returns the scores.json content.
+    the questions a resumed run already holds); `on_stage(text)` when a slow stage starts (reading a
+    benchmark, loading the model). Returns the scores.json content.
     """
     _validate(cfg)
     out = Path(cfg.out).expanduser()
@@ -575,6 +577,8 @@ def evaluate(
 
     plan: list[tuple[Benchmark, list[Sample], dict[str, int] | None, list]] = []
     for name in cfg.benchmarks:
+        if on_stage is not None:
+            on_stage(f"reading {name} ({cfg.split})")
         bench, samples, skipped = _load(cfg, name)
         budgets = None
         if cfg.mode in BASELINE_MODES and cfg.budget_from is not None:
@@ -590,6 +594,8 @@ def evaluate(
     if adapter is None:
         from vitos.models import load_model
 
+        if on_stage is not None:
+            on_stage(f"loading the model {cfg.model}")
         adapter = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, attn_implementation=cfg.attn)
     llm_judge = LLMJudge(cfg.judge) if cfg.judge.url else None
 
