@@ -21,6 +21,7 @@ from vitos.demo import (
     baseline_keeps,
     build_config,
     check_targets,
+    demo_settings,
     format_table,
     moving_average,
     relative_performance,
@@ -216,15 +217,106 @@ def test_shipped_warm_start_was_made_by_the_current_defaults():
     assert config["text_config"]["hidden_size"] == defaults["hidden"]
 
 
+# ------------------------------------------------------------------------------------------- settings
+
+
+def _run_keys(s) -> tuple:
+    return (s.fusion, s.margin, s.min_keep, s.num_contextual, s.max_new_tokens, s.temperature, s.synthetic)
+
+
+def test_a_demo_warm_start_carries_the_settings_it_is_run_with(tiny_adapter, tmp_path):
+    from vitos.demo import save_warm_start
+    from vitos.models.settings import read_settings
+
+    cfg = DemoConfig()
+    save_warm_start(tiny_adapter, tmp_path / "warm_start", cfg)
+    s = read_settings(tmp_path / "warm_start")
+    assert s.source.endswith("vitos_settings.json") and s.made_by == "vitos demo"
+    assert _run_keys(s) == (cfg.fusion, cfg.margin, cfg.min_keep, 4, cfg.max_new_tokens, 0.0, True)
+    assert _run_keys(s) == ("none", 0.0, 1, 4, 64, 0.0, True)  # greedy: cfg.temperature is the RL rollouts'
+
+
+def test_shipped_warm_start_carries_settings_matching_its_provenance():
+    from vitos.models.settings import SETTINGS_FILE, read_settings
+
+    made = json.loads((BUILTIN_WARM_START / "provenance.json").read_text())["config"]
+    saved = json.loads((BUILTIN_WARM_START / SETTINGS_FILE).read_text())
+    assert saved["pruning"] == {"fusion": made["fusion"], "margin": made["margin"], "min_keep": made["min_keep"],
+                                "num_contextual": 4}
+    assert saved["generation"] == {"max_new_tokens": made["max_new_tokens"], "temperature": 0.0}
+    assert saved["provenance"]["synthetic"] is True and saved["provenance"]["made_by"] == "vitos demo"
+    s = read_settings(BUILTIN_WARM_START)
+    assert s.source.endswith(SETTINGS_FILE) and _run_keys(s) == _run_keys(demo_settings(DemoConfig(**{
+        k: made[k] for k in ("fusion", "margin", "min_keep", "max_new_tokens")})))
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["vitos"]
+    assert any(Path("assets/demo_warm_start", SETTINGS_FILE).match(g) for g in globs)  # shipped in the wheel
+
+
+def test_infer_on_the_demo_model_runs_it_as_the_demo_did(tmp_path, capsys, monkeypatch):
+    """`vitos infer --model <demo warm start>` without flags: fusion none, 64 new tokens, greedy."""
+    import vitos.infer
+    from vitos.cli import main
+    from vitos.data.medphantom import PhantomConfig, write_dataset
+    from vitos.data.readers import read_rows
+
+    seen = {}
+    real = vitos.infer.infer_one
+
+    def recording(adapter, image, question, **kw):
+        seen.update(prune=kw["prune"], sampling=kw["sampling"])
+        return real(adapter, image, question, **kw)
+
+    monkeypatch.setattr(vitos.infer, "infer_one", recording)
+    sample = read_rows(write_dataset(PhantomConfig(seed=0, n_train=1, n_test=1), tmp_path / "data")["test"]).samples[0]
+    rc = main(["infer", "--model", str(BUILTIN_WARM_START), "--image", str(sample.images[0]), "--question",
+               sample.question, "--json", "--device", "cpu", "--dtype", "float32"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    json.loads(out.out)  # stdout stays one JSON document
+    p, g = seen["prune"], seen["sampling"]
+    assert (p.fusion, p.margin, p.min_keep, g.max_new_tokens, g.temperature) == ("none", 0.0, 1, 64, 0.0)
+    assert "settings: fusion=none, margin=0.0, min_keep=1, num_contextual=4, max_new_tokens=64" in out.err
+    assert "saved with the model" in out.err and "warning" not in out.err
+    assert "synthetic toy model" not in out.err  # a MedPhantom image is what it was made for
+
+
+def test_quiet_flag_reaches_the_demo(monkeypatch, capsys):
+    import vitos.demo
+
+    calls = []
+    fake = {"table": "| t |", "relative_performance": 1.0, "kept_token_ratio": 0.3, "miou_warm_start": 0.4,
+            "miou_rl": 0.4, "reward_rise": {}, "targets": {}, "timings_s": {"total_s": 1.0}}
+    monkeypatch.setattr(vitos.demo, "run_demo", lambda cfg, quiet=False: calls.append(quiet) or fake)
+    assert vitos.demo.main_demo(["--quick", "--quiet"]) == 0 and vitos.demo.main_demo(["--quick"]) == 0
+    assert calls == [True, False]
+
+
 # ------------------------------------------------------------------------------------------- end to end
 
 
-def test_quick_demo_end_to_end(tmp_path):
+def test_quick_demo_end_to_end(tmp_path, capsys):
     """`vitos demo --quick` (about 2.5 min on 2 cores): RL from the shipped warm start, then evaluation."""
+    import re
+
     from vitos.demo import main_demo
+    from vitos.models.settings import read_settings
 
     out_json = tmp_path / "demo.json"
     assert main_demo(["--quick", "--json", str(out_json), "--out", str(tmp_path / "run")]) == 0
+    # Progress, with stderr not a terminal: plain lines, no bar redraws; each wait announced on stdout.
+    printed = capsys.readouterr()
+    rl_lines = [line for line in printed.err.splitlines() if line.startswith("[progress] RL: ")]
+    assert rl_lines[0] == f"[progress] RL: started, {QUICK_PRESET.get('rl_steps', DemoConfig().rl_steps)} steps"
+    assert all(re.search(r"step \d+/\d+ .* step/s, elapsed \d+ s, ETA \d+ s", line) for line in rl_lines[1:])
+    assert len(rl_lines) >= 5 and "\r" not in printed.err
+    assert "[demo] evaluation: the RL model on" in printed.out
+    # Both checkpoints say how they must be run (vitos infer / eval / app default to it).
+    s = read_settings(tmp_path / "run" / "rl" / "final")
+    assert (s.fusion, s.max_new_tokens, s.temperature, s.synthetic) == ("none", 64, 0.0, True)
     summary = json.loads(out_json.read_text())
     for key in ("relative_performance", "kept_token_ratio", "miou_warm_start", "miou_rl", "accuracy_full",
                 "accuracy_vitos", "accuracy_baseline"):
@@ -247,3 +339,4 @@ def test_quick_demo_end_to_end(tmp_path):
     for name in ("reward_curves.png", "accuracy_vs_kept.png", "summary.md"):
         assert (tmp_path / "run" / name).is_file()
     assert len(list((tmp_path / "run" / "overlays").glob("*.png"))) == QUICK_PRESET["n_overlays"]
+    assert summary["accuracy_majority"] is not None  # the chance line of accuracy_vs_kept.png

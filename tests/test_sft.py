@@ -5,7 +5,9 @@ Each test runs a handful of optimizer steps on 2-4 MedPhantom samples (seconds o
 
 from __future__ import annotations
 
+import io
 import math
+import re
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from vitos.data.sample import Sample
 from vitos.pipeline import PruneConfig
 from vitos.sft import (
     SFTConfig,
+    StageProgress,
     VisionPretrainConfig,
     pretrain_vision,
     targets,
@@ -86,3 +89,55 @@ def test_vision_pretraining_trains_the_tower_only_and_lowers_its_loss(adapter, p
     assert losses[-1] < losses[0]
     assert _max_change(adapter.model, vision) > 0.0
     assert _max_change(adapter.model, lm) == 0.0  # the language model is not touched
+
+
+# ------------------------------------------------------------------------------------------- progress
+
+_LINE = re.compile(r"^\[progress\] (?P<desc>.+): step (?P<n>\d+)/(?P<total>\d+) \(\d+%\), [\d.]+ step/s, "
+                   r"elapsed \d+ s, ETA \d+ s(?P<stats>(, \w+=\S+)*)$")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_in_a_log_is_plain_parseable_lines_every_tenth_and_at_the_end():
+    log = io.StringIO()  # not a terminal: no bar redraws
+    with StageProgress(25, "warm start (read)", stream=log) as bar:
+        for step in range(25):
+            bar.update(loss=1.0 / (step + 1))
+    lines = log.getvalue().splitlines()
+    assert lines[0] == "[progress] warm start (read): started, 25 steps"
+    parsed = [_LINE.match(line) for line in lines[1:]]
+    assert all(parsed), lines
+    assert [int(m["n"]) for m in parsed] == [3, 6, 9, 12, 15, 18, 21, 24, 25]  # every ceil(25 / 10), then the last
+    assert parsed[-1]["stats"] == ", loss=0.040" and "\r" not in log.getvalue()
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar_with_rate_and_eta_and_disabled_prints_nothing():
+    tty = _Terminal()
+    with StageProgress(4, "vision pre-training", stream=tty) as bar:
+        for _ in range(4):
+            bar.update(loss=0.5)
+    text = tty.getvalue()
+    assert "vision pre-training" in text and "4/4" in text and "step/s" in text and "loss=0.500" in text
+    assert "[progress]" not in text
+    quiet = _Terminal()
+    with StageProgress(4, "x", enabled=False, stream=quiet) as bar:
+        bar.update()
+    assert quiet.getvalue() == ""
+
+
+def test_warm_start_loops_report_progress_only_when_asked(adapter, phantom, capsys):
+    log = io.StringIO()
+    pretrain_vision(adapter, phantom, VisionPretrainConfig(steps=2, batch_size=2),
+                    progress=StageProgress(2, "vision pre-training", stream=log, every=1))
+    warm_start(adapter, phantom[:2], SFTConfig(steps=2, batch_size=2, sequences=("where",), freeze_vision=True),
+               progress=StageProgress(2, "warm start", stream=log, every=1))
+    steps = [m for m in map(_LINE.match, log.getvalue().splitlines()) if m]
+    assert [(m["desc"], m["n"]) for m in steps] == [("vision pre-training", "1"), ("vision pre-training", "2"),
+                                                    ("warm start", "1"), ("warm start", "2")]
+    assert all(m["stats"].startswith(", loss=") for m in steps)
+    warm_start(adapter, phantom[:2], SFTConfig(steps=1, batch_size=2, sequences=("where",)))  # default: silent
+    assert capsys.readouterr().err == ""

@@ -3,6 +3,7 @@
     vitos demo                          # defaults: <= 15 min on 2 CPU cores, every stage
     vitos demo --quick                  # <= 3 min (CI): RL from the shipped warm start, then evaluation
     vitos demo --json demo.json --out runs/demo --seed 0 [--config my_demo.yaml] [key=value ...]
+    vitos demo --quiet                  # no progress bars / lines (results and summary only)
 
 Stages (each printed as it runs; everything lands in --out):
 
@@ -26,9 +27,14 @@ Stages (each printed as it runs; everything lands in --out):
                    plus the warm start's own ViToS path (its grounding mIoU is the "before" figure).
 
 Outputs in --out: summary.json (also written to --json), metrics table in summary.md, plots
-reward_curves.png and accuracy_vs_kept.png, overlays/ (what the sparse branch sees on a few test
-images: warm start vs after RL), the RL run directory rl/ (metrics.jsonl, config.yaml, final/), the
-warm-started checkpoint warm_start/, the data set data/.
+reward_curves.png and accuracy_vs_kept.png (95 % Wilson intervals, the per-type majority line), overlays/
+(what the sparse branch sees on a few test images, captioned: warm start vs after RL), the RL run directory
+rl/ (metrics.jsonl, config.yaml, final/), the warm-started checkpoint warm_start/, the data set data/. Both
+checkpoints carry vitos_settings.json (fusion, margin, min_keep, max_new_tokens, greedy, synthetic), so
+`vitos infer --model runs/demo/rl/final ...` runs them as the demo did.
+
+Progress: long loops show a bar with rate and ETA on a terminal, plain `[progress] ...` lines in a log;
+`--quiet` turns both off.
 
 Reported figures (the JSON holds each, plus per-stage timings and the config):
   relative_performance   accuracy_vitos / accuracy_full (the paper's "relative performance", one
@@ -335,6 +341,28 @@ def warm_start_stages(cfg: DemoConfig) -> list[tuple[str, Any]]:
     return [(name, c) for name, c, steps in stages if steps > 0]
 
 
+DEMO_SETTINGS_NOTE = "trained on MedPhantom phantoms by `vitos demo`: a synthetic toy model, not a medical one"
+
+
+def demo_settings(cfg: DemoConfig) -> Any:
+    """The vitos_settings.json of a demo checkpoint (vitos.models.settings): the pruning and completion length
+    it was trained and evaluated with, greedy decoding (evaluation's; `temperature` is the RL rollouts'), and
+    the provenance flag of a synthetic model."""
+    from vitos.models.settings import ModelSettings
+
+    return ModelSettings(fusion=cfg.fusion, margin=cfg.margin, min_keep=cfg.min_keep, max_new_tokens=cfg.max_new_tokens,
+                         temperature=0.0, synthetic=True, made_by="vitos demo")
+
+
+def save_warm_start(adapter: Any, path: Path, cfg: DemoConfig) -> None:
+    """The warm-started model (weights, tokenizer, processor) and its vitos_settings.json (demo_settings):
+    `vitos infer` / `eval` / `app` then run it as the demo does by default."""
+    from vitos.models.settings import write_settings
+
+    _save_model(adapter, path)
+    write_settings(path, demo_settings(cfg), note=DEMO_SETTINGS_NOTE)
+
+
 def _train_config(cfg: DemoConfig, model_dir: Path, train_path: Path, out: Path) -> Any:
     from vitos.pipeline import PruneConfig
     from vitos.rl.rewards import RewardWeights
@@ -359,8 +387,13 @@ def _train_config(cfg: DemoConfig, model_dir: Path, train_path: Path, out: Path)
     )
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Run every stage; returns the summary (also written to <out_dir>/summary.json)."""
+def run_demo(cfg: DemoConfig, quiet: bool = False) -> dict[str, Any]:
+    """Run every stage; returns the summary (also written to <out_dir>/summary.json).
+
+    Progress (off with `quiet`): every long loop (vision pre-training, each warm-start stage, RL) shows a
+    bar with rate and ETA when stderr is a terminal, else a plain `[progress] ...` line every tenth of it
+    (vitos.sft.StageProgress); every other stage that takes seconds says what it starts and waits for.
+    The `[demo]` result lines are printed either way."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from vitos.data.medphantom import PhantomConfig, write_dataset
     from vitos.data.readers import read_rows
@@ -369,7 +402,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from vitos.pipeline import PruneConfig, encode, load_sample_images
     from vitos.rl.checkpoint import read_metrics
     from vitos.rl.trainer import train
-    from vitos.sft import SFTConfig, VisionPretrainConfig, pretrain_vision, warm_start
+    from vitos.sft import StageProgress, VisionPretrainConfig, pretrain_vision, warm_start
+    from vitos.study.evaluate import evaluate_majority
+
+    def started(what: str) -> None:  # a stage that takes seconds: say what it waits for
+        if not quiet:
+            _log(f"{what} ...")
+
+    def bar(total: int, desc: str) -> Any:
+        return StageProgress(total, desc, enabled=not quiet)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -381,6 +422,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # 1. data --------------------------------------------------------------------------------------------
     t0 = time.perf_counter()
+    started(f"data: writing {cfg.n_train} train / {cfg.n_test} test MedPhantom questions to {out / 'data'}")
     phantom = PhantomConfig(seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test, question_mix=dict(cfg.question_mix))
     paths = write_dataset(phantom, out / "data")
     train_set = read_rows(paths["train"]).samples
@@ -394,15 +436,18 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     if cfg.reuse_warm_start:
         warm_dir = resolve_warm_start(cfg.reuse_warm_start)
+        started(f"warm start: loading {warm_dir}")
         adapter = load_model(str(warm_dir), dtype="float32", device="cpu")
         losses, vision_losses = [float("nan")], [float("nan")]
         _log(f"warm start: reusing {warm_dir}")
     else:
+        started(f"model: writing a random {cfg.hidden}-wide tiny Qwen2.5-VL to {out / 'tiny-model'} and loading it")
         tiny = write_tiny_model(out / "tiny-model", seed=cfg.seed, hidden=cfg.hidden, layers=cfg.layers,
                                 vision_depth=cfg.vision_depth, image_max_pixels=cfg.image_pixels)
         adapter = load_model(str(tiny), dtype="float32", device="cpu")
         vision_cfg = VisionPretrainConfig(steps=cfg.vision_steps, box_weight=cfg.vision_box_weight, seed=cfg.seed)
-        vision_losses = pretrain_vision(adapter, train_set, vision_cfg)
+        vision_losses = pretrain_vision(adapter, train_set, vision_cfg,
+                                        progress=bar(cfg.vision_steps, "vision pre-training"))
         timings["vision_pretrain_s"] = time.perf_counter() - t0
         _log(f"vision pre-training: loss {vision_losses[0]:.2f} -> {fmean(vision_losses[-10:]):.2f} "
              f"in {timings['vision_pretrain_s']:.0f} s")
@@ -412,16 +457,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         # grounding prompt alone stayed the same for every image (mIoU 0.33); with 'where' beside them
         # they follow the organ (mIoU 0.48 on the long prompt after 350 mixed steps).
         losses = []
-        for name, sft_cfg in warm_start_stages(cfg):
-            every = max(1, sft_cfg.steps // 4)
-            losses += warm_start(adapter, train_set, sft_cfg, prune, on_step=lambda s, l, n=name, c=sft_cfg: _log(
-                f"warm start ({n}) step {s + 1}/{c.steps} loss {l:.3f}") if (s + 1) % every == 0 else None)
+        stages = warm_start_stages(cfg)
+        for k, (name, sft_cfg) in enumerate(stages):
+            losses += warm_start(adapter, train_set, sft_cfg, prune,
+                                 progress=bar(sft_cfg.steps, f"warm start {k + 1}/{len(stages)} ({name})"))
+            _log(f"warm start ({name}): {sft_cfg.steps} steps, loss {losses[-sft_cfg.steps]:.3f} -> "
+                 f"{fmean(losses[-min(10, sft_cfg.steps):]):.3f}")
         warm_dir = out / "warm_start"
-        _save_model(adapter, warm_dir)
+        save_warm_start(adapter, warm_dir, cfg)
         _log(f"warm start: loss {losses[0]:.2f} -> {fmean(losses[-10:]):.2f}")
     timings["warm_start_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    started(f"evaluation: warm start on {len(test_set)} test questions, all tokens then ViToS (ground -> prune -> answer)")
     full = evaluate_mode(adapter, test_set, test_images, "full", cfg)
     warm_vitos = evaluate_mode(adapter, test_set, test_images, "vitos", cfg)
     timings["eval_warm_start_s"] = time.perf_counter() - t0
@@ -443,15 +491,21 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     rl_rows = rl_pool(Path(paths["train"]), cfg.rl_questions)
     tcfg = _train_config(cfg, warm_dir, rl_rows, out / "rl")
     metrics_path = out / "rl" / "metrics.jsonl"
-    every_rl = max(1, cfg.rl_steps // 8)
-    train(tcfg, overwrite=True, on_step_end=lambda step, m: _log(  # a rerun replaces the previous RL run
-        f"RL step {step}/{cfg.rl_steps}: reward grounding {m['grounding/reward']:.2f} sparse {m['sparse/reward']:.2f}, "
-        f"IoU {m.get('grounding/iou') or 0:.2f}, kept {m.get('kept_token_ratio') or 0:.0%}") if step % every_rl == 0 else None)
+    started(f"RL: loading {warm_dir} into the trainer ({cfg.rl_steps} steps of {cfg.rl_batch_size} questions, "
+            f"{cfg.group_size} x {cfg.sparse_group_size} rollouts each)")
+    with bar(cfg.rl_steps, "RL") as rl_bar:
+        train(tcfg, overwrite=True, on_step_end=lambda step, m: rl_bar.update(  # a rerun replaces the previous RL run
+            reward_grounding=m.get("grounding/reward"), reward_sparse=m.get("sparse/reward"),
+            iou=m.get("grounding/iou"), kept=m.get("kept_token_ratio")))
     timings["rl_s"] = time.perf_counter() - t0
     curve = read_metrics(metrics_path)
+    _log(f"RL: {len(curve)} steps in {timings['rl_s']:.0f} s, model in {out / 'rl' / 'final'}")
 
     # 5. evaluation of the RL model ---------------------------------------------------------------------
     t0 = time.perf_counter()
+    n_evals = 2 + len(cfg.baselines) + len(cfg.curve_ratios)
+    started(f"evaluation: the RL model on {len(test_set)} test questions ({n_evals} passes: ViToS, "
+            f"{len(cfg.baselines)} baseline(s), {len(cfg.curve_ratios)} fixed ratio(s), all tokens)")
     rl_adapter = load_model(str(out / "rl" / "final"), dtype="float32", device="cpu")
     vitos = evaluate_mode(rl_adapter, test_set, test_images, "vitos", cfg)
     budgets = [r["visual_tokens_kept"] for r in vitos["records"]]
@@ -468,8 +522,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         ratio_budgets = [budget_from_ratio(sum(e.num_tokens for e in enc), ratio) for enc in encoded]
         keeps = baseline_keeps(name, encoded, ratio_budgets, cfg.seed)
         res = evaluate_mode(rl_adapter, test_set, test_images, "baseline", cfg, keeps, BASELINE_FUSION[name])
-        curve_points.append({"name": f"{name}@{ratio:g}", "accuracy": res["accuracy"], "kept": res["kept"]})
+        curve_points.append({"name": f"{name}@{ratio:g}", "accuracy": res["accuracy"], "kept": res["kept"], "n": res["n"]})
     rl_full = evaluate_mode(rl_adapter, test_set, test_images, "full", cfg)
+    majority = evaluate_majority(test_set, train_set)  # no model: each type's most frequent training answer
     timings["eval_rl_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
 
@@ -488,6 +543,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "accuracy_vitos_warm_start": warm_vitos["accuracy"],
         "kept_token_ratio_warm_start": warm_vitos["kept"],
         "accuracy_full_rl": rl_full["accuracy"],
+        "accuracy_majority": majority["accuracy"],
         "accuracy_grounding_pass": {"warm_start": warm_vitos["accuracy_grounding_pass"],
                                     "rl": vitos["accuracy_grounding_pass"]},
         "accuracy_baselines": {k: v["accuracy"] for k, v in baselines.items()},
@@ -519,14 +575,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     (out / "summary.md").write_text(table + "\n")
     with open(out / "summary.json", "w") as fh:
         json.dump(summary, fh, indent=1)
+    started("plots and overlays")
     plot_reward_curves(curve, out / "reward_curves.png")
-    plot_accuracy_vs_kept(rows, curve_points, out / "accuracy_vs_kept.png")
+    plot_accuracy_vs_kept(rows, curve_points, out / "accuracy_vs_kept.png", chance=majority["accuracy"],
+                          chance_label="per-type majority answer")
     save_overlays(test_set, test_images, warm_vitos["records"], vitos["records"], out / "overlays", cfg.n_overlays)
     return summary
 
 
 def _row(res: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": res["accuracy"], "kept": res["kept"], "miou": res["miou"], "latency_ms": res["latency_ms"]}
+    return {"accuracy": res["accuracy"], "kept": res["kept"], "miou": res["miou"], "latency_ms": res["latency_ms"],
+            "n": res["n"]}
 
 
 def check_targets(s: dict[str, Any]) -> dict[str, bool | None]:
@@ -582,6 +641,8 @@ def main_demo(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default runs/demo, or runs/demo-quick with --quick)")
     p.add_argument("--seed", type=int, default=None, help="seed of data, model, warm start and RL (default 0)")
     p.add_argument("--config", default=None, help="YAML file of DemoConfig values (e.g. my_demo.yaml)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or progress lines (the stage results and the summary are still printed)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of DemoConfig fields, e.g. rl_steps=60")
     args = p.parse_args(argv)
     from vitos.config import ConfigError
@@ -592,7 +653,7 @@ def main_demo(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"vitos demo: error: {err}", file=sys.stderr)
         return 2
-    summary = run_demo(cfg)
+    summary = run_demo(cfg, quiet=args.quiet)
     print()
     print(summary["table"])
     print()

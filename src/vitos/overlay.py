@@ -306,9 +306,10 @@ def _legend_swatch(draw: ImageDraw.ImageDraw, kind: str, rect: list[int], alpha:
         _dashed_rectangle(draw, rect, w, dash=max(3, (rect[2] - rect[0]) // 4))
     elif kind == "kept":
         draw.rectangle(rect, fill=(90, 90, 90), outline=KEPT_OUTLINE, width=w)
-    else:  # pruned: the same grey, tinted as pruned cells are
+    else:  # pruned: the same grey, tinted as pruned cells are, in a faint grid-line frame (visible on the dark band)
         tinted = tuple(round((1 - alpha) * 90 + alpha * t) for t in PRUNED_TINT)
-        draw.rectangle(rect, fill=tinted)
+        frame = tuple(round((1 - GRID_ALPHA) * t + GRID_ALPHA * g) for t, g in zip(tinted, GRID_COLOUR))
+        draw.rectangle(rect, fill=tinted, outline=frame, width=1)
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:

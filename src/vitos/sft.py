@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import math
 import random
+import sys
+import time
 from dataclasses import dataclass
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import torch
 
@@ -113,6 +115,85 @@ class SFTConfig:
             raise ValueError(f"sequences must be a non-empty subset of {SEQUENCE_KINDS}, got {self.sequences}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress of long loops
+# --------------------------------------------------------------------------------------------------
+
+
+class StageProgress:
+    """Progress of a loop of `total` steps, on `stream` (default stderr).
+
+    On a terminal: a tqdm bar with rate and ETA (and `update(**stats)` as its postfix). Elsewhere (a log file,
+    a pipe, CI) no redraws: a line when the loop starts and then one every `every` steps (default: about
+    `lines` lines per loop) and at the last step, parseable as
+        [progress] <desc>: step 30/150 (20%), 2.14 step/s, elapsed 14 s, ETA 56 s, loss=1.234
+    `enabled=False` prints nothing. Usable as a context manager (closes the bar).
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool = True, *, stream: IO[str] | None = None,
+                 every: int | None = None, lines: int = 10, unit: str = "step") -> None:
+        self.total, self.desc, self.unit, self.n = int(total), desc, unit, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(enabled) and self.total > 0
+        self.every = max(1, every if every else math.ceil(self.total / max(1, lines)))
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if not self.enabled:
+            return
+        if _isatty(self.stream):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True, leave=True)
+        else:
+            self._line(f"started, {self.total} {unit}s")
+
+    def update(self, n: int = 1, **stats: float | str | None) -> None:
+        """Advance by `n` steps; `stats` (e.g. loss=1.23) are shown beside the bar or at the end of the line."""
+        self.n += n
+        if not self.enabled:
+            return
+        shown = {k: (f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in stats.items() if v is not None}
+        if self.bar is not None:
+            if shown:
+                self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(n)
+        elif self.n % self.every == 0 or self.n >= self.total:
+            elapsed = time.perf_counter() - self.t0
+            rate = self.n / elapsed if elapsed > 0 else float("inf")
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            text = (f"{self.unit} {self.n}/{self.total} ({100 * self.n / self.total:.0f}%), {rate:.2f} {self.unit}/s, "
+                    f"elapsed {elapsed:.0f} s, ETA {eta:.0f} s")
+            self._line(text + "".join(f", {k}={v}" for k, v in shown.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _line(self, text: str) -> None:
+        print(f"[progress] {self.desc}: {text}", file=self.stream, flush=True)
+
+    def __enter__(self) -> "StageProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _progress(total: int, progress: bool | str | StageProgress, default_desc: str) -> StageProgress:
+    """`progress` argument of the loops -> a StageProgress: False = silent, True = default name, str = name."""
+    if isinstance(progress, StageProgress):
+        return progress
+    return StageProgress(total, progress if isinstance(progress, str) else default_desc, enabled=bool(progress))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,6 +359,7 @@ def pretrain_vision(
     cfg: VisionPretrainConfig | None = None,
     on_step: Callable[[int, float], None] | None = None,
     head: torch.nn.Linear | None = None,
+    progress: bool | str | StageProgress = False,
 ) -> list[float]:
     """Train the vision tower (and merger) with a throw-away linear head on per-token targets.
 
@@ -292,7 +374,8 @@ def pretrain_vision(
         position embeddings, large RoPE towers through training); the target puts it there;
       * box: with it, the grounding branch's box is the average of what its evidence tokens say (measured:
         0.46-0.53 IoU for that average after 150-200 steps; the LM still has to learn to take it).
-    The head is discarded; the LM is untouched. Returns the loss per step.
+    The head is discarded; the LM is untouched. Returns the loss per step. `progress`: True (or a name, or a
+    StageProgress) shows a bar with rate and ETA on a terminal, plain lines elsewhere (StageProgress).
     """
     cfg = cfg or VisionPretrainConfig()
     usable = [s for s in samples if s.boxes]
@@ -314,6 +397,7 @@ def pretrain_vision(
     model.train()
     batches = _batches(usable, cfg.batch_size, rng)
     losses = []
+    bar = _progress(cfg.steps, progress, "vision pre-training")
     try:
         for step in range(cfg.steps):
             batch = next(batches)
@@ -339,9 +423,11 @@ def pretrain_vision(
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            bar.update(loss=losses[-1])
             if on_step:
                 on_step(step, losses[-1])
     finally:
+        bar.close()
         model.eval()
     return losses
 
@@ -411,10 +497,12 @@ def warm_start(
     cfg: SFTConfig | None = None,
     prune: PruneConfig | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    progress: bool | str | StageProgress = False,
 ) -> list[float]:
     """Train on the reference completions of both branches; returns the loss per step.
 
-    Only samples with ground-truth boxes are used. Images are loaded once up front.
+    Only samples with ground-truth boxes are used. Images are loaded once up front. `progress`: as in
+    `pretrain_vision` (a bar with rate and ETA on a terminal, plain lines elsewhere).
     """
     cfg = cfg or SFTConfig()
     prune = prune or PruneConfig()
@@ -431,6 +519,7 @@ def warm_start(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step))
     batches = _batches(usable, cfg.batch_size, rng)
     losses = []
+    bar = _progress(cfg.steps, progress, "warm start")
     try:
         for step in range(cfg.steps):
             batch = next(batches)
@@ -441,8 +530,10 @@ def warm_start(
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            bar.update(loss=losses[-1])
             if on_step:
                 on_step(step, losses[-1])
     finally:
+        bar.close()
         model.eval()
     return losses
