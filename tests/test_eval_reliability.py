@@ -186,6 +186,8 @@ def _scores(folder: Path, **vqa_rad):
     ("accuracy", True, "not a number"),
     ("kept_token_ratio", 1.5, "outside [0, 1]"),
     ("n", -3, "whole number"),
+    ("accuracy_ci95", "x", "not an interval"),
+    ("accuracy_ci95", [10, float("nan")], "not an interval"),
 ])  # fmt: skip
 def test_compare_refuses_bad_accuracies_with_one_line(tmp_path, capsys, field, value, message):
     _scores(tmp_path / "good")
@@ -316,3 +318,11 @@ def test_a_damaged_run_config_is_one_line(tiny_model_dir, vqa_rad_dir, tmp_path,
     capsys.readouterr()
     assert main_eval(_eval_args(tiny_model_dir, out, vqa_rad_dir, "--quiet")) == 2
     _one_error_line(capsys, "config.yaml is damaged")
+
+
+def test_compare_refuses_a_benchmark_entry_that_is_not_an_object(tmp_path, capsys):
+    _scores(tmp_path / "good")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "scores.json").write_text('{"vqa_rad": [50.0], "mean": 50.0, "protocol_deviations": []}')
+    assert main_compare([str(tmp_path / "bad"), str(tmp_path / "good")]) == 2
+    _one_error_line(capsys, "vqa_rad is list", "not a benchmark's scores object")

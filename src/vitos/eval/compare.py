@@ -77,9 +77,20 @@ def check_scores(scores: Mapping[str, Any], where: str | os.PathLike[str] = "sco
     accuracies are not numbers in [0, 100] or kept-token ratios not in [0, 1]: NaN, infinite, negative,
     too large, strings and booleans; `n` must be a whole number >= 0. Missing values are allowed
     (a benchmark without an accuracy is skipped and listed)."""
+    from vitos.eval.benchmarks import BENCHMARKS
+
     for name, entry in scores.items():
         if not isinstance(entry, Mapping):
+            if name in BENCHMARKS:
+                raise ValueError(f"{where}: {name} is {type(entry).__name__} {entry!r:.60}, not a benchmark's scores "
+                                 "object; the file is damaged or edited: rerun `vitos eval` into that folder")
             continue
+        for key in ("accuracy_ci95",):
+            ci = entry.get(key)
+            if ci is not None and not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 100
+                    for v in ci)):
+                raise ValueError(f"{where}: {name}.{key} is {ci!r:.60}, not an interval [low, high] within [0, 100]")
         for key, (low, high) in _CHECKED.items():
             value = entry.get(key)
             if value is None:
