@@ -326,3 +326,12 @@ def test_compare_refuses_a_benchmark_entry_that_is_not_an_object(tmp_path, capsy
     (tmp_path / "bad" / "scores.json").write_text('{"vqa_rad": [50.0], "mean": 50.0, "protocol_deviations": []}')
     assert main_compare([str(tmp_path / "bad"), str(tmp_path / "good")]) == 2
     _one_error_line(capsys, "vqa_rad is list", "not a benchmark's scores object")
+
+
+@pytest.mark.parametrize("flag, value", [("--limit", "-1"), ("--batch-size", "0"), ("--max-new-tokens", "0"),
+                                         ("--fastv-layer", "-1"), ("--judge-max-calls", "0"), ("--temperature", "nan"),
+                                         ("--margin", "-1"), ("--min-keep", "0"), ("--num-contextual", "-1")])
+def test_bad_eval_values_are_one_line_naming_the_flag(tiny_model_dir, vqa_rad_dir, tmp_path, capsys, flag, value):
+    assert main_eval(_eval_args(tiny_model_dir, tmp_path / "o", vqa_rad_dir, "--quiet", flag, value)) == 2
+    assert capsys.readouterr().err.splitlines()[0].startswith(f"vitos eval: error: {flag}")
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -274,16 +274,20 @@ def _validate(cfg: EvalConfig) -> None:
             raise ConfigError(f"{name} must be one of {list(allowed)}, got {getattr(cfg, name)!r}")
     if cfg.compat not in (None, "medevalkit"):
         raise ConfigError(f"compat must be None or 'medevalkit', got {cfg.compat!r}")
-    if cfg.batch_size < 1 or cfg.max_new_tokens < 1:
-        raise ConfigError(f"batch_size and max_new_tokens must be >= 1, got {cfg.batch_size}, {cfg.max_new_tokens}")
+    if cfg.batch_size < 1:
+        raise ConfigError(f"--batch-size (batch_size) must be >= 1, got {cfg.batch_size}")
+    if cfg.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens (max_new_tokens) must be >= 1, got {cfg.max_new_tokens}")
+    if cfg.judge.max_calls is not None and cfg.judge.max_calls < 1:
+        raise ConfigError(f"--judge-max-calls (judge.max_calls) must be >= 1, got {cfg.judge.max_calls}")
     if not (math.isfinite(cfg.temperature) and cfg.temperature >= 0):
         raise ConfigError(f"--temperature must be a finite number >= 0 (0 = greedy), got {cfg.temperature}")
     require_ranges(cfg.prune, names={"margin": "--margin", "min_keep": "--min-keep",
                                      "num_contextual": "--num-contextual"})
     if cfg.limit is not None and cfg.limit < 0:
-        raise ConfigError(f"limit must be >= 0 or None, got {cfg.limit}")
+        raise ConfigError(f"--limit (limit) must be >= 0, got {cfg.limit}")
     if cfg.fastv_layer < 0:
-        raise ConfigError(f"fastv_layer must be >= 0, got {cfg.fastv_layer}")
+        raise ConfigError(f"--fastv-layer (fastv_layer) must be >= 0, got {cfg.fastv_layer}")
 
 
 def _result_view(values: Mapping[str, Any]) -> dict[str, Any]:
