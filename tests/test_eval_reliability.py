@@ -299,8 +299,9 @@ def test_a_model_that_failed_to_load_does_not_lock_its_folder(tiny_model_dir, vq
     weights.write_bytes(good[:100])
     out = tmp_path / "o"
     assert main_eval(_eval_args(model, out, vqa_rad_dir, "--quiet")) == 2  # claimed, no predictions written
-    weights.write_bytes(good)  # the user re-downloads the model
-    assert main_eval(_eval_args(model, out, vqa_rad_dir, "--quiet")) == 0
+    weights.write_bytes(good)  # the user re-downloads the model (and changes a setting)
+    assert main_eval(_eval_args(model, out, vqa_rad_dir, "--quiet", "--fusion", "none")) == 0
+    assert "fusion: none" in (out / "config.yaml").read_text()
 
 
 def test_a_hub_model_downloaded_by_the_run_resumes_but_a_new_snapshot_is_refused():

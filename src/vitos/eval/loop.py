@@ -310,14 +310,16 @@ def _check_out(cfg: EvalConfig, out: Path) -> None:
 def _claim_run_dir(cfg: EvalConfig, out: Path) -> None:
     """Write DIR/config.yaml and DIR/model.json, or check that the run already in DIR was started with the
     same settings on the same model (a folder from before model.json existed gets one and resumes; a folder
-    without predictions yet, e.g. after a model that failed to load, takes the model of this run)."""
+    without predictions yet, e.g. after a model that failed to load, takes this run's settings and model)."""
     import yaml
 
     path = out / "config.yaml"
     key_path = out / "model.json"
     fingerprint = model_fingerprint(cfg.model)
     has_predictions = any(f.is_file() and f.stat().st_size for f in out.glob("*/predictions.jsonl"))
-    if path.is_file() and key_path.is_file() and has_predictions:  # nothing to reuse: the key is just rewritten
+    # No predictions yet (a run stopped before its first batch, e.g. by a model that failed to load): nothing
+    # can be reused, so the folder simply takes this run's settings and model.
+    if path.is_file() and key_path.is_file() and has_predictions:
         try:
             old_fp = json.loads(key_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -326,7 +328,7 @@ def _claim_run_dir(cfg: EvalConfig, out: Path) -> None:
         if change:
             raise EvalError(f"{out} holds predictions of another model than --model {cfg.model} is now ({change}); "
                             "use another --out, or delete that folder to evaluate the new model")
-    if path.is_file():
+    if path.is_file() and has_predictions:
         try:
             old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as err:
