@@ -336,3 +336,35 @@ def test_bad_eval_values_are_one_line_naming_the_flag(tiny_model_dir, vqa_rad_di
     assert main_eval(_eval_args(tiny_model_dir, tmp_path / "o", vqa_rad_dir, "--quiet", flag, value)) == 2
     assert capsys.readouterr().err.splitlines()[0].startswith(f"vitos eval: error: {flag}")
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_progress_draws_a_bar_on_a_real_terminal_and_lines_on_a_zero_width_one():
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    for cols, bar in ((100, True), (0, False)):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, cols, 0, 0))
+        with os.fdopen(slave, "w", encoding="utf-8") as stream:
+            p = Progress(stream=stream)
+            assert p.tty is bar
+            p.start("vqa_rad", 0, 2)
+            p.batch("vqa_rad", 2, 2)
+            p.close()
+        text = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            text += chunk
+        os.close(master)
+        if bar:
+            assert b"vqa_rad: 100%" in text and b"2/2" in text and b"q/s" in text
+        else:
+            assert b"progress benchmark=vqa_rad done=2 total=2" in text

@@ -186,6 +186,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, ModelLoadError, JudgeError)
 
 
+def _is_terminal(stream) -> bool:
+    """A terminal a bar can be drawn on (a pseudo-terminal of width 0 gets the plain lines)."""
+    try:
+        return bool(stream.isatty()) and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class Progress:
     """Progress over questions, per benchmark: a tqdm bar (rate, ETA) on a terminal; on a pipe or a log file
     one parseable line per batch,
@@ -198,7 +206,7 @@ class Progress:
     def __init__(self, quiet: bool = False, stream=None, tty: bool | None = None):
         self.quiet = quiet
         self.stream = sys.stderr if stream is None else stream
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)()) if tty is None else tty
+        self.tty = _is_terminal(self.stream) if tty is None else tty
         self.bar = None
         self.t0 = time.perf_counter()
         self.first = 0
