@@ -657,8 +657,11 @@ def main_demo(argv: list[str] | None = None) -> int:
     print()
     print(summary["table"])
     print()
-    print(f"relative performance {summary['relative_performance']:.1%} at {summary['kept_token_ratio']:.1%} kept visual "
-          f"tokens; grounding mIoU {summary['miou_warm_start']:.3f} (warm start) -> {summary['miou_rl']:.3f} (RL)")
+    def f(key: str, fmt: str) -> str:  # None (e.g. no relative performance at 0 % full-token accuracy) -> "-"
+        return "-" if summary.get(key) is None else format(summary[key], fmt)
+
+    print(f"relative performance {f('relative_performance', '.1%')} at {f('kept_token_ratio', '.1%')} kept visual "
+          f"tokens; grounding mIoU {f('miou_warm_start', '.3f')} (warm start) -> {f('miou_rl', '.3f')} (RL)")
     for b, r in summary["reward_rise"].items():
         if r is not None:
             print(f"{b} reward: {r['first_third']:.3f} (first third of RL) -> {r['last_third']:.3f} (last third)")
