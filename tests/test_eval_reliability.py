@@ -368,3 +368,43 @@ def test_progress_draws_a_bar_on_a_real_terminal_and_lines_on_a_zero_width_one()
             assert b"vqa_rad: 100%" in text and b"2/2" in text and b"q/s" in text
         else:
             assert b"progress benchmark=vqa_rad done=2 total=2" in text
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kth", [1, 2, 3])
+def test_a_kill_in_the_middle_of_any_batch_write_resumes_to_the_uninterrupted_predictions(
+    tiny_adapter, vqa_rad_dir, tmp_path, monkeypatch, kth
+):
+    import random
+
+    import vitos.eval.loop as loop
+
+    def cfg(out):
+        return EvalConfig(model="tiny", benchmarks=["vqa_rad"], mode="full", out=str(out), limit=6,
+                          data_dir=vqa_rad_dir, batch_size=2, max_new_tokens=2, dtype="float32", device="cpu")
+
+    evaluate(cfg(tmp_path / "ref"), adapter=tiny_adapter)
+    reference = (tmp_path / "ref" / "vqa_rad" / "predictions.jsonl").read_text()
+    calls = []
+    real_append = loop.append_records
+
+    def killed_mid_write(path, records):
+        calls.append(1)
+        if len(calls) < kth:
+            return real_append(path, records)
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        cut = random.Random(kth).randrange(1, len(text) - 1)  # somewhere inside the batch's bytes
+        with open(path, "ab") as f:
+            f.write(text[:cut])
+        raise Killed
+
+    monkeypatch.setattr(loop, "append_records", killed_mid_write)
+    with pytest.raises(Killed):
+        evaluate(cfg(tmp_path / "run"), adapter=tiny_adapter)
+    monkeypatch.setattr(loop, "append_records", real_append)
+    assert not (tmp_path / "run" / "scores.json").exists()
+    evaluate(cfg(tmp_path / "run"), adapter=tiny_adapter)
+    assert (tmp_path / "run" / "vqa_rad" / "predictions.jsonl").read_text() == reference
