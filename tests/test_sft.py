@@ -129,6 +129,26 @@ def test_progress_on_a_terminal_is_a_tqdm_bar_with_rate_and_eta_and_disabled_pri
     assert quiet.getvalue() == ""
 
 
+def test_a_zero_width_pseudo_terminal_gets_plain_lines_and_a_wide_one_the_bar():
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    for columns, bar in ((0, False), (100, True)):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        with os.fdopen(slave, "w") as stream:
+            with StageProgress(2, "x", stream=stream) as progress:
+                assert (progress.bar is not None) == bar
+                progress.update()
+                progress.update()
+        written = os.read(master, 65536).decode()
+        os.close(master)
+        assert ("[progress] x: step 2/2" in written) == (not bar) and ("2/2 [" in written) == bar, written
+
+
 def test_warm_start_loops_report_progress_only_when_asked(adapter, phantom, capsys):
     log = io.StringIO()
     pretrain_vision(adapter, phantom, VisionPretrainConfig(steps=2, batch_size=2),

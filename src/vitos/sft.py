@@ -46,6 +46,7 @@ there:
 from __future__ import annotations
 
 import math
+import os
 import random
 import sys
 import time
@@ -183,10 +184,17 @@ class StageProgress:
 
 
 def _isatty(stream: Any) -> bool:
+    """A terminal a bar can be drawn on: isatty, and a width above 0 (a zero-width pseudo-terminal, e.g.
+    `script` without a window, would show an empty bar: it gets the plain lines)."""
     try:
-        return bool(stream.isatty())
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):  # no file descriptor (a stand-in stream): trust isatty
+        return True
 
 
 def _progress(total: int, progress: bool | str | StageProgress, default_desc: str) -> StageProgress:
