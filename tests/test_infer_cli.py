@@ -59,9 +59,12 @@ def test_infer_with_boxes_prunes_and_overlay_marks_the_box(tiny_model_dir, vqa_r
     # A centred half-size box keeps about a quarter of the grid (cells touching its edges included).
     ratio = rec["visual_tokens_kept"] / rec["visual_tokens_total"]
     assert 0.2 <= ratio <= 0.45
-    src = np.asarray(Image.open(image).convert("RGB"), dtype=np.int16)
+    scan = Image.open(image).convert("RGB")
+    width = min(max(scan.width, 512), 1024)  # render_overlay's display width
+    src = np.asarray(scan.resize((width, round(scan.height * width / scan.width))), dtype=np.int16)
     ov = np.asarray(Image.open(overlay), dtype=np.int16)
-    assert ov.shape == src.shape
+    assert ov.shape[1] == src.shape[1] and ov.shape[0] > src.shape[0]  # the image, then a caption band
+    ov = ov[: src.shape[0]]
     h, w = src.shape[:2]
     x1, y1, x2, y2 = int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)
     assert np.abs(ov[y1 : y2 + 1, x1 : x2 + 1] - src[y1 : y2 + 1, x1 : x2 + 1]).sum() > 0  # the box is drawn
@@ -145,4 +148,4 @@ def test_infer_reads_dicom_and_16_bit_png(tiny_model_dir, tmp_path, capsys):
         assert rc == 0, err
         rec = json.loads(out)
         assert rec["fallback"] is None and 0 < rec["visual_tokens_kept"] < rec["visual_tokens_total"]
-        assert Image.open(overlay).size == (160, 128)
+        assert Image.open(overlay).size[0] == 512 and Image.open(overlay).size[1] > 128 * 512 // 160  # + caption

@@ -21,6 +21,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 
 # Subcommands whose module owns its argument parsing: name -> (module, function(argv) -> exit status).
@@ -105,7 +106,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
     options = parse_options(args.options)
     if args.overlay:
         check_overlay_path(args.overlay, args.image, args.model)
+    # After every check (a refused flag stays a one-line error), before the slow part: 20-45 s on a CPU for a 7B.
+    if not args.quiet:
+        print(f"loading model {args.model} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     adapter = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    if not args.quiet:
+        print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     for line in [*chosen.warnings(), chosen.describe()]:  # stderr: --json output stays one JSON document
         print(line, file=sys.stderr)
     if s.synthetic and not looks_like_phantom(args.image):
@@ -169,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
     i.add_argument("--attn", default="sdpa",
                    help="attention implementation: sdpa, eager, flash_attention_2 (default: sdpa)")
+    i.add_argument("--quiet", action="store_true",
+                   help="no progress lines on stderr (loading model ...); settings and warnings stay (default: off)")
     i.set_defaults(func=cmd_infer)
     for name, (_, _, text) in DELEGATED.items():
         sub.add_parser(name, help=text, add_help=False)

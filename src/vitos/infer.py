@@ -22,7 +22,7 @@ from PIL import Image
 from vitos.data.sample import Sample
 from vitos.engine import SamplingConfig
 from vitos.images import load_image
-from vitos.overlay import draw_overlay
+from vitos.overlay import render_overlay
 from vitos.pipeline import Answer, PruneConfig, run
 from vitos.prompts import ParsedOutput, parse_boxes
 
@@ -98,7 +98,11 @@ def infer_one(
         mask = res.keep_masks[0] if res.keep_masks else None
         Path(overlay).parent.mkdir(parents=True, exist_ok=True)
         region = res.grid_regions[0] if res.grid_regions else (0.0, 0.0, 1.0, 1.0)
-        picture = draw_overlay(image, res.boxes, mask, grid_region=region)
+        # Captioned for a reader (vitos.overlay.render_overlay): enlarged to >= 512 px wide, question, answer,
+        # kept-token count and a legend under the image; no reference here, so no CORRECT / WRONG.
+        picture = render_overlay(image, res.boxes, mask, grid_region=region, title=f"vitos infer, mode {mode}",
+                                 question=question, answer=res.answer,
+                                 kept_tokens=(res.visual_tokens_kept, res.visual_tokens_total))
         tmp = Path(overlay).with_name(f".tmp-{Path(overlay).name}")
         picture.save(tmp, format=Image.registered_extensions()[Path(overlay).suffix.lower()])
         os.replace(tmp, overlay)  # atomic: a kill never leaves a half-written image
