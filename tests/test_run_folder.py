@@ -413,8 +413,8 @@ def test_a_damaged_model_is_one_line_naming_the_file(case, command, tmp_path, ti
     else:
         random_image(32, 32).save(tmp_path / "scan.png")
         rc = main(["infer", "--model", str(model), "--image", str(tmp_path / "scan.png"), "--question", "x?",
-                   "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "2"])
-    err = capsys.readouterr().err
+                   "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "2", "--quiet"])
+    err = capsys.readouterr().err  # --quiet: no progress line, so stderr is exactly the error
     assert rc == 2 and err.count("\n") == 1 and NAMED[case] in err and str(model) in err, err
     assert "Traceback" not in err
 
