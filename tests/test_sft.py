@@ -144,7 +144,16 @@ def test_a_zero_width_pseudo_terminal_gets_plain_lines_and_a_wide_one_the_bar():
                 assert (progress.bar is not None) == bar
                 progress.update()
                 progress.update()
-        written = os.read(master, 65536).decode()
+        chunks = []  # the slave is closed: read everything it wrote (a single read may return part of it)
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: nothing left once the slave side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        written = b"".join(chunks).decode()
         os.close(master)
         assert ("[progress] x: step 2/2" in written) == (not bar) and ("2/2 [" in written) == bar, written
 
