@@ -181,6 +181,8 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
             tcfg.logging.log_grad_cosine = cfg.grad_cosine_every > 0
             tcfg.logging.grad_cosine_every = cfg.grad_cosine_every
             t0 = time.perf_counter()
+            tcfg.logging.progress = sys.stderr.isatty()  # a bar on a terminal; the [study] lines either way
+            _log(f"seed {seed} {name}: RL, {tcfg.schedule.total_steps} steps")
             train(tcfg, overwrite=True)  # a rerun into the same folder replaces that run
             model = load_model(str(run_dir / "final"), dtype="float32", device="cpu")
             rows = evaluate_run(model, test, images, train_set, s, cfg.baselines, seed, constant)
@@ -222,11 +224,12 @@ def _warm_start(cfg: StudyConfig, demo: Any, train_set: list, folder: Path) -> P
     tiny = write_tiny_model(folder.parent / f"{folder.name}-tiny", seed=demo.seed, hidden=demo.hidden, layers=demo.layers,
                             vision_depth=demo.vision_depth, image_max_pixels=demo.image_pixels)
     adapter = load_model(str(tiny), dtype="float32", device="cpu")
+    _log(f"seed {demo.seed}: warm start (vision pre-training, then {', '.join(n for n, _ in warm_start_stages(demo))})")
     pretrain_vision(adapter, train_set, VisionPretrainConfig(steps=demo.vision_steps, box_weight=demo.vision_box_weight,
-                                                             seed=demo.seed))
+                                                             seed=demo.seed), progress=f"seed {demo.seed} vision pre-training")
     prune = PruneConfig(margin=demo.margin, min_keep=demo.min_keep, fusion=demo.fusion)  # type: ignore[arg-type]
-    for _, sft_cfg in warm_start_stages(demo):
-        warm_start(adapter, train_set, sft_cfg, prune)
+    for name, sft_cfg in warm_start_stages(demo):
+        warm_start(adapter, train_set, sft_cfg, prune, progress=f"seed {demo.seed} warm start ({name})")
     _save_model(adapter, folder)
     return folder
 
