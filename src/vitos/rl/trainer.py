@@ -77,7 +77,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+    from vitos.progress import StageProgress
 
     from vitos.models import load_model
 
@@ -135,8 +135,9 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
                            to_dict(cfg), enabled=acc.is_main_process)
     stage1_ckpt = {cfg.schedule.stage1_steps} if cfg.schedule.name == "stagewise" else set()
     local_b = cfg.data.batch_size // acc.num_processes
-    bar = tqdm(total=cfg.schedule.total_steps, initial=state["step"], unit="step", dynamic_ncols=True,
-               disable=not (acc.is_main_process and cfg.logging.progress))
+    # a bar on a terminal, plain "[progress] train: step k/n ..." lines in logs (metrics.jsonl has everything)
+    bar = StageProgress(cfg.schedule.total_steps - state["step"], f"train (from step {state['step']})" if state["step"]
+                        else "train", enabled=acc.is_main_process and cfg.logging.progress)
 
     updater = Updater(acc, policy, optimizer, params, cfg, vision_trainable)
 
@@ -198,8 +199,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
                 or step in stage1_ckpt):
             save_checkpoint(acc, run_dir, {**state, "epoch": epoch}, generator, config_yaml, cfg.checkpoint.keep_last,
                             stage1_ckpt)
-        bar.update(1)
-        bar.set_postfix(rg=f"{metrics['grounding/reward']:.3f}", rs=f"{metrics['sparse/reward']:.3f}")
+        bar.update(1, reward_grounding=metrics["grounding/reward"], reward_sparse=metrics["sparse/reward"])
         if on_step_end is not None:
             on_step_end(step, metrics)
     bar.close()
@@ -427,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "values), its valid range and meaning, then exit")
     p.add_argument("overrides", nargs="*",
                    help="key=value overrides, e.g. schedule.name=joint rollout.group_size=4 (default: none)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar or [progress] lines (same as logging.progress=false; default: shown)")
     p.add_argument("--dry-run", action="store_true",
                    help="build the model on the meta device (config.json only), print the per-GPU memory and disk "
                         "estimate and exit (0 = fits, 1 = does not fit) without training (default: train)")
@@ -460,6 +462,8 @@ def main_train(argv: list[str]) -> int:
         if config_path is None and args.resume:  # resume alone: the checkpoint's own config
             config_path, run_of_resume = _config_of_resume(args.resume)
         cfg = load_config(TrainConfig, config_path, args.overrides)
+        if args.quiet:
+            cfg.logging.progress = False
         if run_of_resume is not None and not any(o.startswith("checkpoint.out_dir=") for o in args.overrides):
             cfg.checkpoint.out_dir = str(run_of_resume)  # the folder the run is in now, even if it was moved
         if args.dry_run:  # returns before anything of training starts (no Accelerator, no weights, no run dir)
