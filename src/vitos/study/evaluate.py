@@ -52,8 +52,10 @@ def box_iou(pred: list[list[float]], gt: list[list[float]]) -> float:
 
 
 def evaluate_mode(adapter: Any, samples: list[Any], images: list[list[Any]], mode: str, s: EvalSettings,
-                  keeps: list[list[torch.Tensor | None]] | None = None, fusion: str | None = None) -> dict[str, Any]:
-    """Run one row over the test set; returns summary figures and per-question records (in order)."""
+                  keeps: list[list[torch.Tensor | None]] | None = None, fusion: str | None = None,
+                  encoded: list[list[Any]] | None = None) -> dict[str, Any]:
+    """Run one row over the test set; returns summary figures and per-question records (in order).
+    `encoded` (vitos.pipeline.encode of `images`) skips the vision tower: rows of one model share it."""
     from vitos.answers import judge
     from vitos.engine import SamplingConfig
     from vitos.pipeline import PruneConfig, run
@@ -66,7 +68,8 @@ def evaluate_mode(adapter: Any, samples: list[Any], images: list[list[Any]], mod
         chunk = slice(k, k + s.batch_size)
         t0 = time.perf_counter()
         answers += run(adapter, samples[chunk], mode="full" if keeps is not None else mode, prune=prune,  # type: ignore[arg-type]
-                       sampling=sampling, images=images[chunk], keeps_override=keeps[chunk] if keeps is not None else None)
+                       sampling=sampling, images=images[chunk], keeps_override=keeps[chunk] if keeps is not None else None,
+                       encoded=encoded[chunk] if encoded is not None else None)
         seconds += time.perf_counter() - t0
     records = []
     for smp, a in zip(samples, answers):

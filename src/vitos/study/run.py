@@ -85,34 +85,37 @@ def _log(msg: str) -> None:
 
 
 def evaluate_run(adapter: Any, test: list, images: list, train: list, s: Any, baselines: list[str], seed: int,
-                 constant: list[float]) -> dict[str, dict[str, Any]]:
-    """Every per-run row of one model (its own boxes first: the baselines use its per-question budget)."""
+                 constant: list[float], encoded: list | None = None) -> dict[str, dict[str, Any]]:
+    """Every per-run row of one model (its own boxes first: the baselines use its per-question budget).
+    `encoded`: the model's encoding of `images` (computed here when not given) — one vision-tower pass serves
+    every row."""
     from vitos.pipeline import encode
     from vitos.study.evaluate import baseline_keeps, box_keeps, evaluate_mode
 
-    rows = {"vitos": evaluate_mode(adapter, test, images, "vitos", s), "full": evaluate_mode(adapter, test, images, "full", s)}
-    encoded = encode(adapter, images)
-    rows["oracle"] = evaluate_mode(adapter, test, images, "baseline", s, box_keeps([t.boxes for t in test], encoded, s))
-    rows["constant box"] = evaluate_mode(adapter, test, images, "baseline", s, box_keeps([[constant]] * len(test), encoded, s))
+    encoded = encoded if encoded is not None else encode(adapter, images)
+    rows = {"vitos": evaluate_mode(adapter, test, images, "vitos", s, encoded=encoded),
+            "full": evaluate_mode(adapter, test, images, "full", s, encoded=encoded)}
+    rows["oracle"] = evaluate_mode(adapter, test, images, "baseline", s, box_keeps([t.boxes for t in test], encoded, s),
+                                   encoded=encoded)
+    rows["constant box"] = evaluate_mode(adapter, test, images, "baseline", s,
+                                         box_keeps([[constant]] * len(test), encoded, s), encoded=encoded)
     budgets = [r["visual_tokens_kept"] for r in rows["vitos"]["records"]]
     from vitos.eval.baselines import BASELINE_FUSION
 
     for name in baselines:
         rows[name] = evaluate_mode(adapter, test, images, "baseline", s, baseline_keeps(name, encoded, budgets, seed),
-                                   BASELINE_FUSION[name])
+                                   BASELINE_FUSION[name], encoded=encoded)
     for r in rows.values():  # keep the vectors and figures, drop the bulky per-question records
         r.pop("records", None)
     return rows
 
 
-def evidence_coverage(adapter: Any, test: list, images: list, s: Any, vitos_row: dict[str, Any], seed: int) -> dict[str, float]:
+def evidence_coverage(encoded: list, test: list, s: Any, vitos_row: dict[str, Any], seed: int) -> dict[str, float]:
     """Share of questions whose evidence (every token cell the GT box touches) lies wholly inside a centre
     crop, and inside a random crop, of the warm start's per-question ViToS budget: a centre crop that covers
     the evidence far more often than a random one means the task rewards 'look at the middle'."""
-    from vitos.pipeline import encode
     from vitos.study.evaluate import baseline_keeps, box_keeps
 
-    encoded = encode(adapter, images)
     budgets = vitos_row["budgets"]
     evidence = box_keeps([t.boxes for t in test], encoded, s)
     out = {}
@@ -127,13 +130,13 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
     """Run the grid; returns the study dict (also written as study.json / study.md under out_dir)."""
     from vitos.data.medphantom import PhantomConfig, write_dataset
     from vitos.data.readers import read_rows
-    from vitos.demo import DemoConfig, _train_config, resolve_warm_start, rl_pool
+    from vitos.demo import DemoConfig, _train_config, rl_pool
     from vitos.models import load_model
-    from vitos.pipeline import load_sample_images
+    from vitos.pipeline import encode, load_sample_images
     from vitos.rl.checkpoint import read_metrics
     from vitos.rl.trainer import train
     from vitos.study import plots, report
-    from vitos.study.evaluate import answer_balance, best_constant_box, evaluate_majority, evaluate_mode
+    from vitos.study.evaluate import answer_balance, best_constant_box, evaluate_majority
 
     t_all = time.perf_counter()
     torch.set_num_threads(1)
@@ -157,14 +160,11 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
         warm_dir = _warm_start(cfg, demo, train_set, out / f"warm-{seed}")
         warm = load_model(str(warm_dir), dtype="float32", device="cpu")
         per_seed.setdefault("majority", []).append(evaluate_majority(test, train_set))
-        for name, mode in (("warm_start/full", "full"), ("warm_start/vitos", "vitos")):
-            res = evaluate_mode(warm, test, images, mode, s)
-            res.pop("records")
-            per_seed.setdefault(name, []).append(res)
-        warm_rows = evaluate_run(warm, test, images, train_set, s, ["center"], seed, constant)
-        for name in ("oracle", "constant box", "center"):
+        warm_encoded = encode(warm, images)
+        warm_rows = evaluate_run(warm, test, images, train_set, s, ["center"], seed, constant, warm_encoded)
+        for name in ("full", "vitos", "oracle", "constant box", "center"):
             per_seed.setdefault(f"warm_start/{name}", []).append(warm_rows[name])
-        design.setdefault("coverage", []).append(evidence_coverage(warm, test, images, s, per_seed["warm_start/vitos"][-1], seed))
+        design.setdefault("coverage", []).append(evidence_coverage(warm_encoded, test, s, warm_rows["vitos"], seed))
         design.setdefault("answer_balance", answer_balance(test))
         design.setdefault("constant_box", constant)
         del warm
@@ -307,7 +307,7 @@ def main_study(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as err:
         print(f"vitos study: error: {err}", file=sys.stderr)
         return 2
-    study = run_study(cfg, command="vitos study " + " ".join(argv if argv is not None else sys.argv[2:]))
+    run_study(cfg, command="vitos study " + " ".join(argv if argv is not None else sys.argv[2:]))
     print((Path(cfg.out_dir) / "study.md").read_text())
     return 0
 
