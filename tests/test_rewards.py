@@ -359,3 +359,30 @@ def test_sparse_rewards_apply_weights_and_reject_mismatched_rows():
     assert rows[0][0]["total"] == pytest.approx(0.1 + 2.0)
     with pytest.raises(ValueError, match="one grounding accuracy per row"):
         sparse_rewards([[s("x", "B")]], [1.0, 0.0], CHOICE)
+
+
+# ---------------------------------------------------------------- collapse guard (iou_reference)
+
+
+def test_iou_reference_pays_only_the_iou_above_the_reference_box():
+    # GT [0,0,.5,.5]; reference [0,0,1,1] has IoU 0.25 with it (hand-computed: .25 / 1).
+    w = RewardWeights(iou_reference=[0.0, 0.0, 1.0, 1.0])
+    texts = [g("x", "[[0,0,0.5,0.5]]", "yes"),   # IoU 1.0  -> 1.0 - 0.25 = 0.75
+             g("x", "[[0,0,1,1]]", "yes"),       # the reference itself -> 0
+             g("x", "[[0.5,0.5,1,1]]", "yes")]   # IoU 0 -> clipped at 0, never negative
+    rows = grounding_rewards(texts, [[1.0], [1.0], [1.0]], YES_NO, w)
+    assert [r[0]["iou"] for r in rows] == pytest.approx([0.75, 0.0, 0.0])
+    assert rows[0][0]["total"] == pytest.approx(1.0 + 0.75 + 1.0 + 1.0)
+    # without the guard the reference box itself is paid its 0.25
+    assert grounding_rewards(texts[1:2], [[1.0]], YES_NO)[0][0]["iou"] == pytest.approx(0.25)
+
+
+def test_iou_reference_is_skipped_on_rows_without_boxes():
+    rows = grounding_rewards([g("x", "[[0,0,1,1]]", "B")], [[1.0]], CHOICE, RewardWeights(iou_reference=[0, 0, 1, 1]))
+    assert rows[0][0]["iou"] is None
+
+
+@pytest.mark.parametrize("bad", [[0, 0, 1], [0.5, 0, 0.2, 1], [0, 0, 1.5, 1]])
+def test_iou_reference_rejects_malformed_boxes(bad):
+    with pytest.raises(ValueError, match="iou_reference"):
+        RewardWeights(iou_reference=bad)

@@ -225,6 +225,11 @@ class VisionPretrainConfig:
     box_weight: float = 10.0
     """Weight of the squared error of the evidence box [x1, y1, x2, y2] regressed by each token inside it
     (0 = off). The grounding branch then only has to average what its evidence tokens say."""
+    mask_spot_cells: bool = False
+    """Cells that hold a spot (lesion or distractor) get evidence flag 0 and no box target: a spot token then
+    says what it is and where, never whether it lies in the organ, so a reader of ALL tokens has to relate
+    each spot to the organ itself (what makes full tokens mislead), while a reader of the evidence box's
+    tokens only has to see a spot (`token_labels` says why the unmasked targets make full tokens easy)."""
     seed: int = 0
     """Seeds the sample order."""
 
@@ -341,12 +346,16 @@ def pretrain_vision(
             labels = [token_labels(s, e.grid_hw, e.image_size) for s, e in zip(batch, encoded)]
             spot = torch.cat([lab[0] for lab in labels]).to(adapter.device)  # (sum N,)
             evidence = torch.cat([lab[1] for lab in labels]).to(adapter.device)  # (sum N,)
+            if cfg.mask_spot_cells:
+                evidence = evidence.masked_fill(spot > 0, 0.0)
             centres = torch.cat([cell_centres(e.grid_hw) for e in encoded]).to(adapter.device)  # (sum N, 2)
             logits = head(feats.float())  # (sum N, 10) or (sum N, 6)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 3], evidence)
             loss = loss + cfg.position_weight * torch.nn.functional.mse_loss(logits[:, 4:6], centres)
             if cfg.box_weight > 0:  # evidence tokens regress their own box (FCOS-style dense grounding)
                 boxes = torch.cat([token_boxes(s, e.grid_hw) for s, e in zip(batch, encoded)]).to(adapter.device)  # (sum N, 4)
+                if cfg.mask_spot_cells:
+                    boxes = boxes.masked_fill((spot > 0)[:, None], float("nan"))
                 inside = ~boxes[:, 0].isnan()  # (sum N,)
                 if inside.any():
                     loss = loss + cfg.box_weight * torch.nn.functional.mse_loss(logits[inside, 6:10], boxes[inside])

@@ -82,6 +82,9 @@ PHANTOM_V2: dict[str, Any] = {
 """Overrides of PhantomConfig for a task on which grounding decides the answer (`vitos study`): the body
 fills the field of view and the organ is smaller, so it can sit anywhere (a centre crop misses it), and no
 distractor shares a token cell with the evidence box (the oracle reader sees only evidence)."""
+PHANTOM_V3: dict[str, Any] = {**PHANTOM_V2, "decoy_halo": 8.0}
+"""PHANTOM_V2 plus organ tissue around every distractor (`decoy_halo`): lesion and distractor differ only by
+the organ's rim, so reading all tokens misleads (the demo's and the study's data; see README)."""
 SPLITS = ("train", "test")
 
 # Question types: name -> (kind, template). The organ name fills {organ}.
@@ -156,6 +159,10 @@ class PhantomConfig:
     distractor_clearance: str = "box"
     """Where distractor spots may not go: 'box' = the evidence box (+ a spot-sized margin); 'cells' = every
     token cell of side `cell_size` that the box touches, so the tokens a perfect box keeps hold no distractor."""
+    decoy_halo: float = 0.0
+    """Width of a rim-less disc of organ tissue drawn around every distractor (0 = none). With it, a
+    distractor sits on the same tissue as a lesion, so only the organ's bright rim tells them apart: a
+    reader of all tokens can no longer tell lesion from distractor by the spot's surroundings."""
     cell_size: float = 28.0
     """Side of one merged visual token in pixels (Qwen2.5-VL: 28), for distractor_clearance='cells'."""
 
@@ -179,6 +186,8 @@ class PhantomConfig:
         if not self.organs:
             raise ValueError("organs must name at least one organ")
         self.body_axes = tuple(self.body_axes)  # type: ignore[assignment]
+        if self.decoy_halo < 0:
+            raise ValueError(f"decoy_halo must be >= 0 (pixels), got {self.decoy_halo}")
         if not 0.0 <= self.center_bias <= 1.0:
             raise ValueError(f"center_bias must be in [0, 1], got {self.center_bias}")
         if self.distractor_clearance not in ("box", "cells"):
@@ -369,7 +378,7 @@ def _sample_scene(cfg: PhantomConfig, rng: np.random.Generator, has_lesion: bool
     for kind in distractor_kinds:
         r = round(float(rng.uniform(*cfg.spot_radius) * s), 2)
         c = _sample_in_ellipse(rng, inner[0] - r, inner[1] - r, 256) + np.array([bx, by])
-        margin = r + 2 * s
+        margin = r + 2 * s + cfg.decoy_halo * s  # the halo stays out of the box (or its cells) too
         free = ~((c[:, 0] > x1 - margin) & (c[:, 0] < x2 + margin) & (c[:, 1] > y1 - margin) & (c[:, 1] < y2 + margin))
         free &= np.hypot(c[:, 0] - sx, c[:, 1] - sy) > spine["radius"] + r + 3 * s
         for other in distractors:
@@ -508,6 +517,14 @@ def _render(cfg: PhantomConfig, scene: dict[str, Any], rng: np.random.Generator)
     organ_tex = cfg.texture_std * _smooth_noise(rng, cov.shape, 5.6 * s)
     organ_level = _RIM_LEVEL + interior * (_ORGAN_LEVEL - _RIM_LEVEL + organ_tex)
     img[win] += cov * (organ_level - img[win])
+
+    if cfg.decoy_halo > 0:  # organ tissue (no rim) around each distractor
+        for spot in scene["distractors"]:
+            half = spot["radius"] + cfg.decoy_halo * s
+            win = _window(spot["center"], half, size)
+            cov = _coverage(half - np.hypot(xs[win] - spot["center"][0], ys[win] - spot["center"][1]))
+            tex = cfg.texture_std * _smooth_noise(rng, cov.shape, 5.6 * s)
+            img[win] += cov * (_ORGAN_LEVEL + tex - img[win])
 
     for spot in scene["lesions"] + scene["distractors"]:
         _draw_spot(img, xs, ys, spot)

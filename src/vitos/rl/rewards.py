@@ -58,6 +58,7 @@ __all__ = [
     "iou_reward",
     "accuracy_reward",
     "grounding_rewards",
+    "guarded_iou_floor",
     "sparse_rewards",
     "REWARD_FUNCTIONS",
 ]
@@ -76,11 +77,25 @@ class RewardWeights:
     """Weight of the rollout's own answer accuracy."""
     cross: float = 1.0
     """Weight of the cross-feedback term: the other branch's accuracy on the linked rollout."""
+    iou_reference: list[float] | None = None
+    """Collapse guard: a reference box [x1, y1, x2, y2] (normalised). When set, the IoU term of a question
+    is ``max(0, union_iou(pred) - union_iou(reference))``: a box earns only what it finds beyond one box
+    that ignores the image, so collapsing onto the typical box pays nothing. `vitos demo` / `vitos study`
+    set it to the best constant box of the RL pool (``best_constant_box``). None: the paper's plain IoU.
+    (A per-question constant alone would not matter: GRPO subtracts the group mean; the clip at 0 does.)"""
     budget: float = 0.0
     """Weight of the grounding branch's token-budget term ``1 - kept_ratio`` (the fraction of the question's
     visual tokens its boxes prune away), on every row, with or without ground-truth boxes, so a full-image
     box is no longer free. Off (0) by default: the paper has no such term, and the union IoU already
     punishes a spray of boxes on rows with boxes. The sparse branch never gets it (it chooses no boxes)."""
+
+    def __post_init__(self) -> None:
+        if self.iou_reference is not None:
+            ref = [float(v) for v in self.iou_reference]
+            if len(ref) != 4 or not all(0.0 <= v <= 1.0 for v in ref) or ref[2] <= ref[0] or ref[3] <= ref[1]:
+                raise ValueError(f"rewards.iou_reference = {self.iou_reference!r}: give one box [x1, y1, x2, y2] "
+                                 "normalised to [0, 1] with x1 < x2 and y1 < y2, or null to turn the guard off")
+            self.iou_reference = ref
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,6 +289,15 @@ def _total(parts: dict[str, float | None], w: RewardWeights) -> float:
     return sum(getattr(w, name) * value for name, value in parts.items() if value is not None)
 
 
+def guarded_iou_floor(reference: list[float] | None, sample: Sample) -> float | None:
+    """The collapse guard's floor for one question: union IoU of the reference box with its GT boxes
+    (None without a reference or without GT boxes)."""
+    if reference is None or not sample.boxes:
+        return None
+    _check_boxes([list(reference)], "iou_reference")
+    return union_iou([list(reference)], sample.boxes)
+
+
 def grounding_rewards(
     ground_texts: list[str],
     sparse_correct: list[list[float]],
@@ -292,7 +316,8 @@ def grounding_rewards(
 
     Returns:
         (G, G') dicts ``{"format", "iou", "accuracy", "budget", "cross", "total"}``, every key always present;
-        ``iou`` is the union IoU (None when the sample has no box), ``budget`` is ``1 - kept_ratios[i]``
+        ``iou`` is the union IoU (None when the sample has no box; with ``w.iou_reference`` the guarded
+        ``max(0, IoU - IoU(reference))``), ``budget`` is ``1 - kept_ratios[i]``
         (None, skipped, when ``w.budget`` is 0 or ``kept_ratios`` is None).
 
     Unlike ``format_reward(text, branch)``, which knows no sample, boxes here are also checked against the
@@ -317,12 +342,14 @@ def grounding_rewards(
         [1.0 - r for r in kept_ratios] if kept_ratios is not None and w.budget != 0 else [None] * len(ground_texts)
     )
     n_images = len(sample.images) or None
+    floor = guarded_iou_floor(w.iou_reference, sample)
     out: list[list[dict[str, float | None]]] = []
     for text, cross_row, budget in zip(ground_texts, sparse_correct, budgets):
         parsed = parse_output(text, "grounding", n_images=n_images)
+        raw = _iou_from_parsed(parsed, sample)
         own = {
             "format": _format_from_parsed(parsed, "grounding"),
-            "iou": _iou_from_parsed(parsed, sample),
+            "iou": raw if raw is None or floor is None else max(0.0, raw - floor),
             "accuracy": _accuracy_from_parsed(parsed, sample),
             "budget": budget,
         }
