@@ -82,9 +82,10 @@ PHANTOM_V2: dict[str, Any] = {
 """Overrides of PhantomConfig for a task on which grounding decides the answer (`vitos study`): the body
 fills the field of view and the organ is smaller, so it can sit anywhere (a centre crop misses it), and no
 distractor shares a token cell with the evidence box (the oracle reader sees only evidence)."""
-PHANTOM_V3: dict[str, Any] = {**PHANTOM_V2, "decoy_halo": 8.0}
-"""PHANTOM_V2 plus organ tissue around every distractor (`decoy_halo`): lesion and distractor differ only by
-the organ's rim, so reading all tokens misleads (the demo's and the study's data; see README)."""
+PHANTOM_V3: dict[str, Any] = {**PHANTOM_V2, "decoy_halo": 8.0, "decoy_rim": True}
+"""PHANTOM_V2 plus a small rimmed look-alike organ around every distractor (`decoy_halo`, `decoy_rim`): a
+lesion's token and a distractor's token look alike, so reading all tokens misleads (the demo's and the
+study's data; see README)."""
 SPLITS = ("train", "test")
 
 # Question types: name -> (kind, template). The organ name fills {organ}.
@@ -163,6 +164,10 @@ class PhantomConfig:
     """Width of a rim-less disc of organ tissue drawn around every distractor (0 = none). With it, a
     distractor sits on the same tissue as a lesion, so only the organ's bright rim tells them apart: a
     reader of all tokens can no longer tell lesion from distractor by the spot's surroundings."""
+    decoy_rim: bool = False
+    """Give each distractor's halo the organ's bright rim: a distractor is then a small look-alike organ with
+    a spot, and the spot's own token cell (spot, tissue, a rim arc) looks the same for a lesion and for a
+    distractor; only the organ's size and the tokens around it tell them apart."""
     cell_size: float = 28.0
     """Side of one merged visual token in pixels (Qwen2.5-VL: 28), for distractor_clearance='cells'."""
 
@@ -524,7 +529,11 @@ def _render(cfg: PhantomConfig, scene: dict[str, Any], rng: np.random.Generator)
             win = _window(spot["center"], half, size)
             cov = _coverage(half - np.hypot(xs[win] - spot["center"][0], ys[win] - spot["center"][1]))
             tex = cfg.texture_std * _smooth_noise(rng, cov.shape, 5.6 * s)
-            img[win] += cov * (_ORGAN_LEVEL + tex - img[win])
+            level = _ORGAN_LEVEL + tex
+            if cfg.decoy_rim:
+                depth = half - np.hypot(xs[win] - spot["center"][0], ys[win] - spot["center"][1])
+                level = _RIM_LEVEL + _coverage(depth - _rim_width(s)) * (level - _RIM_LEVEL)
+            img[win] += cov * (level - img[win])
 
     for spot in scene["lesions"] + scene["distractors"]:
         _draw_spot(img, xs, ys, spot)
