@@ -102,3 +102,16 @@ def test_answers_are_balanced_within_every_question_type(v3):
     for qtype, shares in balance.items():
         # pairs (2k, 2k+1): exactly half the organs are lesion-free, so no answer exceeds ~50 %
         assert max(shares.values()) <= 0.56, (qtype, shares)
+
+
+def test_each_distractor_is_a_small_rimmed_look_alike_organ(v3):
+    """With decoy_rim, the halo's outer 3 px are the organ's bright rim (0.72), like the target organ's."""
+    halo = PHANTOM_V3["decoy_halo"]
+    xs, ys = np.meshgrid(np.arange(224) + 0.5, np.arange(224) + 0.5)
+    rims = []
+    for s in v3[:80]:
+        grey = np.asarray(s.images[0])[..., 0] / 255.0
+        for d in s.meta["distractors"]:
+            dist = np.hypot(xs - d["center"][0], ys - d["center"][1])
+            rims.append(float(grey[(dist > d["radius"] + halo - 2.5) & (dist < d["radius"] + halo - 0.5)].mean()))
+    assert abs(np.mean(rims) - 0.72) < 0.06, np.mean(rims)
