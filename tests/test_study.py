@@ -9,7 +9,7 @@ import pytest
 
 from vitos.data.sample import Sample
 from vitos.study.evaluate import answer_balance, best_constant_box, evaluate_majority, majority_answers, summarise
-from vitos.study.report import cell, compare, targets
+from vitos.study.report import cell, compare, paired_tests, target_figures, target_lines, targets, variant_name
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,6 +52,32 @@ def test_targets_need_a_significant_positive_difference():
     assert t["beats_constant_box_p<0.05"] is False  # significant, but worse
     assert t["beats_majority"] is True and t["relative_to_full_ge_1"] is True
     assert t["miou_above_warm_start"] is True and t["distinct_boxes_ge_warm_start"] is False
+
+
+def test_paired_tests_are_the_studys_comparisons_and_skip_pairs_with_a_missing_row():
+    v, j = variant_name("interleaved", True, True), variant_name("joint", True, True)
+    assert (v, variant_name("joint", False, False)) == ("interleaved+cross+iou", "joint+nocross+noiou")
+    per_seed = {"warm_start/vitos": [_res([0, 0, 1, 1])], f"{v}/vitos": [_res([1, 1, 1, 0])],
+                f"{v}/center": [_res([1, 0, 1, 0])], f"{j}/vitos": [_res([0, 1, 1, 0])]}
+    tests = paired_tests(per_seed, [v, j])
+    assert set(tests) == {f"{v}: after RL vs warm start", f"{v}: vitos vs center", f"{v}: sequential vs joint",
+                          f"{j}: after RL vs warm start"}  # no constant-box or centre row for joint: left out
+    c = tests[f"{v}: after RL vs warm start"]
+    assert (c["a"], c["b"], c["only_a"], c["only_b"], c["label"]) == (f"{v}/vitos", "warm_start/vitos", 2, 1, c["label"])
+    assert c == {**compare(f"{v}/vitos", per_seed[f"{v}/vitos"], "warm_start/vitos", per_seed["warm_start/vitos"]),
+                 "label": f"{v}: after RL vs warm start"}
+
+
+def test_target_figures_give_the_difference_p_value_and_n_behind_each_target():
+    rows = {"main/vitos": {"accuracy": 0.7, "miou": 0.5, "distinct_boxes": 40}, "main/full": {"accuracy": 0.5},
+            "majority": {"accuracy": 0.5}, "warm_start/vitos": {"accuracy": 0.6, "miou": 0.4, "distinct_boxes": 50}}
+    tests = {"main: vitos vs center": {"difference": 0.02, "p_value": 0.4142, "n": 100}}
+    fig = target_figures(rows, tests, "main")
+    assert fig["beats_center_p<0.05"] == "+2.0 pts, McNemar p = 0.41, n = 100"
+    assert fig["beats_warm_start_p<0.05"] == "no test"
+    assert fig["relative_to_full_ge_1"].startswith("140.0 % = 70.0 % / 50.0 %")
+    line = target_lines({"beats_center_p<0.05": False}, fig)
+    assert line == ["beats_center_p<0.05 = False (+2.0 pts, McNemar p = 0.41, n = 100)"]
 
 
 def _s(qtype, answer, boxes=None):
@@ -104,6 +130,7 @@ def test_smoke_study_writes_every_row_comparison_and_plot(tmp_path):
         assert 0 <= c["p_value"] <= 1 and c["a"] in names and c["b"] in names
     assert set(study["targets"]) >= {"beats_warm_start_p<0.05", "beats_center_p<0.05", "beats_constant_box_p<0.05"}
     assert all(len(r["grad_cosine"]) >= 1 for r in study["runs"])  # measured every step in the smoke run
+    assert "- beats_center_p<0.05 = " in (out / "study.md").read_text()  # with its figures
     for name in ("study.md", "study_accuracy.png", "grad_cosine.png"):
         assert (out / name).is_file()
     assert math.isfinite(study["meta"]["seconds"])

@@ -15,6 +15,8 @@ Rows (all through `vitos.pipeline.run`, greedy decoding, one judge `vitos.answer
     majority    per question type, the most frequent training answer (no model)
 
 Every row keeps its per-question 0/1 `correct` vector in question order, so paired tests are possible.
+
+    rows = evaluate_run(adapter, test, images, s, ["center", "random"], seed, constant)   # every row of a model
 """
 
 from __future__ import annotations
@@ -207,3 +209,47 @@ def answer_balance(samples: list[Any]) -> dict[str, dict[str, float]]:
     for smp in samples:
         counts.setdefault(str(smp.meta.get("question_type", smp.kind)), Counter())[smp.answer] += 1
     return {t: {a: n / sum(c.values()) for a, n in sorted(c.items())} for t, c in sorted(counts.items())}
+
+
+def evaluate_run(adapter: Any, test: list[Any], images: list[list[Any]], s: EvalSettings, baselines: list[str],
+                 seed: int, constant: list[float], encoded: list[list[Any]] | None = None,
+                 keep_records: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """Every row of one model, by name: vitos, full, oracle, constant box (the box `constant`, e.g.
+    best_constant_box of the training split), then each of `baselines` at ViToS's per-question budget.
+
+    `encoded`: the model's vitos.pipeline.encode of `images` (computed here when not given): one vision-tower
+    pass serves every row. Rows keep their figures and `correct` vectors; the bulky per-question `records`
+    are dropped except for the rows named in `keep_records` (e.g. ("vitos",) for overlays)."""
+    from vitos.eval.baselines import BASELINE_FUSION
+    from vitos.pipeline import encode
+
+    encoded = encoded if encoded is not None else encode(adapter, images)
+    rows = {"vitos": evaluate_mode(adapter, test, images, "vitos", s, encoded=encoded),
+            "full": evaluate_mode(adapter, test, images, "full", s, encoded=encoded)}
+    rows["oracle"] = evaluate_mode(adapter, test, images, "baseline", s, box_keeps([t.boxes for t in test], encoded, s),
+                                   encoded=encoded)
+    rows["constant box"] = evaluate_mode(adapter, test, images, "baseline", s,
+                                         box_keeps([[constant]] * len(test), encoded, s), encoded=encoded)
+    budgets = rows["vitos"]["budgets"]  # ViToS's visual tokens per question
+    for name in baselines:
+        rows[name] = evaluate_mode(adapter, test, images, "baseline", s, baseline_keeps(name, encoded, budgets, seed),
+                                   BASELINE_FUSION[name], encoded=encoded)
+    for name, r in rows.items():
+        if name not in keep_records:
+            r.pop("records", None)
+    return rows
+
+
+def evidence_coverage(encoded: list[list[Any]], test: list[Any], s: EvalSettings, vitos_row: dict[str, Any],
+                      seed: int) -> dict[str, float]:
+    """Share of questions whose evidence (every token cell the GT box touches) lies wholly inside a centre
+    crop, and inside a random crop, of a ViToS row's per-question budget: a centre crop that covers the
+    evidence far more often than a random one means the task rewards 'look at the middle'."""
+    budgets = vitos_row["budgets"]
+    evidence = box_keeps([t.boxes for t in test], encoded, s)
+    out = {}
+    for name in ("center", "random"):
+        crops = baseline_keeps(name, encoded, budgets, seed)
+        covered = [bool((e[0] & ~c[0]).sum() == 0) for e, c in zip(evidence, crops) if e and e[0] is not None]
+        out[f"{name}_crop_covers_evidence"] = sum(covered) / max(1, len(covered))
+    return out

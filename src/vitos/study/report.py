@@ -9,8 +9,12 @@ Inputs are plain dicts (what `vitos.study.run` collects); every statistic comes 
                                          exact McNemar p on the discordant counts, and the paired-bootstrap
                                          95 % interval of the accuracy difference
 
+    paired_tests(per_seed, variants)     every comparison of the study (and of `vitos demo`, one seed), by label
+    targets(rows, comparisons, main)     the issue's targets; target_figures(...) the figures behind each
+
 A per-seed result is a dict with `correct` (0/1 per test question, in question order), `kept`, and
-optionally `miou`, `distinct_boxes`.
+optionally `miou`, `distinct_boxes`. Row names: `majority`, `warm_start/<row>`, `<variant>/<row>` with
+<variant> = variant_name(schedule, cross, iou), e.g. `interleaved+cross+iou/vitos`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,39 @@ def compare(name_a: str, runs_a: list[dict[str, Any]], name_b: str, runs_b: list
             "only_a": only_a, "only_b": only_b, "p_value": mcnemar_exact(only_a, only_b)}
 
 
+def variant_name(schedule: str, cross: bool, iou: bool) -> str:
+    """An RL run's name: `<schedule>+cross|nocross+iou|noiou` (cross-feedback and IoU reward on / off)."""
+    return f"{schedule}+{'cross' if cross else 'nocross'}+{'iou' if iou else 'noiou'}"
+
+
+def comparison_pairs(variants: list[str]) -> list[tuple[str, str, str]]:
+    """(label, row a, row b) of every paired test between the given variants' rows: per variant after RL vs
+    warm start, ViToS vs center, ViToS vs constant box; a sequential schedule vs joint and cross-feedback on
+    vs off where the other variant is among `variants`."""
+    names = set(variants)
+    pairs = []
+    for v in sorted(names):
+        pairs.append((f"{v}: after RL vs warm start", f"{v}/vitos", "warm_start/vitos"))
+        pairs.append((f"{v}: vitos vs center", f"{v}/vitos", f"{v}/center"))
+        pairs.append((f"{v}: vitos vs constant box", f"{v}/vitos", f"{v}/constant box"))
+        sch, cross, iou = v.split("+")
+        if sch != "joint" and f"joint+{cross}+{iou}" in names:
+            pairs.append((f"{v}: sequential vs joint", f"{v}/vitos", f"joint+{cross}+{iou}/vitos"))
+        if cross == "cross" and f"{sch}+nocross+{iou}" in names:
+            pairs.append((f"{v}: cross-feedback on vs off", f"{v}/vitos", f"{sch}+nocross+{iou}/vitos"))
+    return pairs
+
+
+def paired_tests(per_seed: dict[str, list[dict[str, Any]]], variants: list[str]) -> dict[str, dict[str, Any]]:
+    """label -> compare(row a, row b) + {"label"} for every comparison_pairs(variants) whose two rows were
+    evaluated (a pair with a missing row is left out: its target is then None)."""
+    tests = {}
+    for label, a, b in comparison_pairs(variants):
+        if a in per_seed and b in per_seed:
+            tests[label] = {**compare(a, per_seed[a], b, per_seed[b]), "label": label}
+    return tests
+
+
 def targets(rows: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, Any]], main: str) -> dict[str, Any]:
     """The issue's targets for the main variant's after-RL ViToS row, each True / False with the figures."""
     def sig_better(key: str) -> bool | None:
@@ -80,6 +117,43 @@ def targets(rows: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, An
     return out
 
 
+def target_figures(rows: dict[str, dict[str, Any]], comparisons: dict[str, dict[str, Any]],
+                   main: str) -> dict[str, str]:
+    """The figures behind each of `targets`, as text (e.g. "+2.0 pts, McNemar p = 0.41, n = 100")."""
+    def test(key: str) -> str:
+        c = comparisons.get(key)
+        return "no test" if c is None else (f"{100 * c['difference']:+.1f} pts, McNemar p = {c['p_value']:.2g}, "
+                                            f"n = {c['n']}")
+
+    def acc(name: str) -> str:
+        r = rows.get(name)
+        return "–" if r is None else f"{100 * r['accuracy']:.1f} %"
+
+    def value(name: str, key: str, fmt: str) -> str:
+        r = rows.get(name)
+        return "–" if r is None or r.get(key) is None else format(r[key], fmt)
+
+    vit, full = rows.get(f"{main}/vitos"), rows.get(f"{main}/full")
+    ok = vit is not None and full is not None and bool(full["accuracy"])
+    rel = f"{100 * vit['accuracy'] / full['accuracy']:.1f} %" if ok else "–"  # type: ignore[index]
+    return {
+        "beats_warm_start_p<0.05": test(f"{main}: after RL vs warm start"),
+        "beats_center_p<0.05": test(f"{main}: vitos vs center"),
+        "beats_constant_box_p<0.05": test(f"{main}: vitos vs constant box"),
+        "beats_majority": f"{acc(f'{main}/vitos')} vs majority {acc('majority')}",
+        "relative_to_full_ge_1": f"{rel} = {acc(f'{main}/vitos')} / {acc(f'{main}/full')} (same model, all tokens)",
+        "miou_above_warm_start": f"mIoU {value(f'{main}/vitos', 'miou', '.3f')} vs "
+                                 f"{value('warm_start/vitos', 'miou', '.3f')}",
+        "distinct_boxes_ge_warm_start": f"{value(f'{main}/vitos', 'distinct_boxes', '.0f')} vs "
+                                        f"{value('warm_start/vitos', 'distinct_boxes', '.0f')} distinct boxes",
+    }
+
+
+def target_lines(targets_: dict[str, Any], figures: dict[str, str]) -> list[str]:
+    """One line per target: `name = value (figures)`."""
+    return [f"{k} = {v}" + (f" ({figures[k]})" if k in figures else "") for k, v in targets_.items()]
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
@@ -101,8 +175,10 @@ def markdown(study: dict[str, Any]) -> str:
     for c in study["comparisons"]:
         lines.append(f"| {c['a']} vs {c['b']} | {100 * c['difference']:+.1f} | {100 * c['ci_low']:+.1f} to "
                      f"{100 * c['ci_high']:+.1f} | {c['only_a']} | {c['only_b']} | {c['p_value']:.3g} |")
-    lines += ["", "Targets (main variant `" + study["meta"]["main"] + "`): " +
-              ", ".join(f"{k} = {v}" for k, v in study["targets"].items()), ""]
+    main = study["meta"]["main"]
+    figures = target_figures(study["rows_by_name"], {c["label"]: c for c in study["comparisons"]}, main)
+    lines += ["", f"Targets (main variant `{main}`):", ""] + [f"- {t}" for t in target_lines(study["targets"], figures)]
+    lines += [""]
     if study.get("design"):
         lines += ["Design report (before RL, seed-pooled):", "```", json.dumps(study["design"], indent=1), "```"]
     return "\n".join(lines) + "\n"

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from vitos.study.report import variant_name  # noqa: F401  (re-exported)
+
 
 @dataclass
 class StudyConfig:
@@ -76,67 +78,22 @@ SMOKE: dict[str, Any] = {"seeds": [0, 1], "schedules": ["interleaved", "joint"],
 24 test questions): minutes, for CI. Its numbers mean nothing."""
 
 
-def variant_name(schedule: str, cross: bool, iou: bool) -> str:
-    return f"{schedule}+{'cross' if cross else 'nocross'}+{'iou' if iou else 'noiou'}"
-
-
 def _log(msg: str) -> None:
     print(f"[study] {msg}", flush=True)
-
-
-def evaluate_run(adapter: Any, test: list, images: list, train: list, s: Any, baselines: list[str], seed: int,
-                 constant: list[float], encoded: list | None = None) -> dict[str, dict[str, Any]]:
-    """Every per-run row of one model (its own boxes first: the baselines use its per-question budget).
-    `encoded`: the model's encoding of `images` (computed here when not given) — one vision-tower pass serves
-    every row."""
-    from vitos.pipeline import encode
-    from vitos.study.evaluate import baseline_keeps, box_keeps, evaluate_mode
-
-    encoded = encoded if encoded is not None else encode(adapter, images)
-    rows = {"vitos": evaluate_mode(adapter, test, images, "vitos", s, encoded=encoded),
-            "full": evaluate_mode(adapter, test, images, "full", s, encoded=encoded)}
-    rows["oracle"] = evaluate_mode(adapter, test, images, "baseline", s, box_keeps([t.boxes for t in test], encoded, s),
-                                   encoded=encoded)
-    rows["constant box"] = evaluate_mode(adapter, test, images, "baseline", s,
-                                         box_keeps([[constant]] * len(test), encoded, s), encoded=encoded)
-    budgets = [r["visual_tokens_kept"] for r in rows["vitos"]["records"]]
-    from vitos.eval.baselines import BASELINE_FUSION
-
-    for name in baselines:
-        rows[name] = evaluate_mode(adapter, test, images, "baseline", s, baseline_keeps(name, encoded, budgets, seed),
-                                   BASELINE_FUSION[name], encoded=encoded)
-    for r in rows.values():  # keep the vectors and figures, drop the bulky per-question records
-        r.pop("records", None)
-    return rows
-
-
-def evidence_coverage(encoded: list, test: list, s: Any, vitos_row: dict[str, Any], seed: int) -> dict[str, float]:
-    """Share of questions whose evidence (every token cell the GT box touches) lies wholly inside a centre
-    crop, and inside a random crop, of the warm start's per-question ViToS budget: a centre crop that covers
-    the evidence far more often than a random one means the task rewards 'look at the middle'."""
-    from vitos.study.evaluate import baseline_keeps, box_keeps
-
-    budgets = vitos_row["budgets"]
-    evidence = box_keeps([t.boxes for t in test], encoded, s)
-    out = {}
-    for name in ("center", "random"):
-        crops = baseline_keeps(name, encoded, budgets, seed)
-        covered = [bool((e[0] & ~c[0]).sum() == 0) for e, c in zip(evidence, crops) if e and e[0] is not None]
-        out[f"{name}_crop_covers_evidence"] = sum(covered) / max(1, len(covered))
-    return out
 
 
 def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
     """Run the grid; returns the study dict (also written as study.json / study.md under out_dir)."""
     from vitos.data.medphantom import PhantomConfig, write_dataset
     from vitos.data.readers import read_rows
-    from vitos.demo import DemoConfig, _train_config, rl_pool
+    from vitos.demo import DemoConfig, _train_config, eval_settings, rl_pool
     from vitos.models import load_model
     from vitos.pipeline import encode, load_sample_images
     from vitos.rl.checkpoint import read_metrics
     from vitos.rl.trainer import train
     from vitos.study import plots, report
-    from vitos.study.evaluate import answer_balance, best_constant_box, evaluate_majority
+    from vitos.study.evaluate import (answer_balance, best_constant_box, evaluate_majority, evaluate_run,
+                                      evidence_coverage)
 
     t_all = time.perf_counter()
     torch.set_num_threads(1)
@@ -149,8 +106,6 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
     for seed in cfg.seeds:
         demo = DemoConfig(**{**cfg.demo_overrides, "seed": seed, "n_train": cfg.n_train, "n_test": cfg.n_test,
                              "rl_steps": cfg.rl_steps})
-        from vitos.demo import eval_settings
-
         s = eval_settings(demo)
         paths = write_dataset(PhantomConfig(**{"question_mix": dict(demo.question_mix), **cfg.phantom, "seed": seed,
                                                "n_train": cfg.n_train, "n_test": cfg.n_test}), out / f"data-{seed}")
@@ -161,7 +116,7 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
         warm = load_model(str(warm_dir), dtype="float32", device="cpu")
         per_seed.setdefault("majority", []).append(evaluate_majority(test, train_set))
         warm_encoded = encode(warm, images)
-        warm_rows = evaluate_run(warm, test, images, train_set, s, ["center"], seed, constant, warm_encoded)
+        warm_rows = evaluate_run(warm, test, images, s, ["center"], seed, constant, warm_encoded)
         for name in ("full", "vitos", "oracle", "constant box", "center"):
             per_seed.setdefault(f"warm_start/{name}", []).append(warm_rows[name])
         design.setdefault("coverage", []).append(evidence_coverage(warm_encoded, test, s, warm_rows["vitos"], seed))
@@ -185,7 +140,7 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
             _log(f"seed {seed} {name}: RL, {tcfg.schedule.total_steps} steps")
             train(tcfg, overwrite=True)  # a rerun into the same folder replaces that run
             model = load_model(str(run_dir / "final"), dtype="float32", device="cpu")
-            rows = evaluate_run(model, test, images, train_set, s, cfg.baselines, seed, constant)
+            rows = evaluate_run(model, test, images, s, cfg.baselines, seed, constant)
             del model
             for row, res in rows.items():
                 per_seed.setdefault(f"{name}/{row}", []).append(res)
@@ -226,6 +181,7 @@ def _warm_start(cfg: StudyConfig, demo: Any, train_set: list, folder: Path) -> P
     adapter = load_model(str(tiny), dtype="float32", device="cpu")
     _log(f"seed {demo.seed}: warm start (vision pre-training, then {', '.join(n for n, _ in warm_start_stages(demo))})")
     pretrain_vision(adapter, train_set, VisionPretrainConfig(steps=demo.vision_steps, box_weight=demo.vision_box_weight,
+                                                             mask_spot_cells=demo.vision_mask_spot_cells,
                                                              seed=demo.seed), progress=f"seed {demo.seed} vision pre-training")
     prune = PruneConfig(margin=demo.margin, min_keep=demo.min_keep, fusion=demo.fusion)  # type: ignore[arg-type]
     for name, sft_cfg in warm_start_stages(demo):
@@ -260,21 +216,8 @@ def _assemble(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]], runs:
 
     rows = [report.cell(name, res) for name, res in per_seed.items()]
     by_name = {r["name"]: r for r in rows}
-    comparisons = []
     names = {variant_name(*v) for v in variants}
-    for v in sorted(names):
-        comparisons.append(("%s: after RL vs warm start" % v, f"{v}/vitos", "warm_start/vitos"))
-        comparisons.append(("%s: vitos vs center" % v, f"{v}/vitos", f"{v}/center"))
-        comparisons.append(("%s: vitos vs constant box" % v, f"{v}/vitos", f"{v}/constant box"))
-        sch, cross, iou = v.split("+")
-        if sch != "joint" and f"joint+{cross}+{iou}" in names:
-            comparisons.append((f"{v}: sequential vs joint", f"{v}/vitos", f"joint+{cross}+{iou}/vitos"))
-        if cross == "cross" and f"{sch}+nocross+{iou}" in names:
-            comparisons.append((f"{v}: cross-feedback on vs off", f"{v}/vitos", f"{sch}+nocross+{iou}/vitos"))
-    tests = {}
-    for label, a, b in comparisons:
-        c = report.compare(a, per_seed[a], b, per_seed[b])
-        tests[label] = {**c, "label": label}
+    tests = report.paired_tests(per_seed, sorted(names))
     design["before_rl"] = {k: by_name[k]["accuracy"] for k in by_name if k.startswith("warm_start/") or k == "majority"}
     design["properties"] = design_properties(by_name, design.get("coverage", []))
     main = cfg.main if cfg.main in names else sorted(names)[0]
