@@ -18,6 +18,13 @@ top-p truncation is not in either number, as in TRL and verl: with top_p < 1 the
 taken against the untruncated tempered policy (the truncated one is that policy renormalised over the
 nucleus; the difference is the log of the nucleus mass, the same for every ratio at one token).
 
+Log-probs in chunks (`chunked_token_logprobs`): the re-scoring pass never builds the (B, T, V) fp32
+logits. The decoder's final hidden states of the real completion tokens are flattened to (N, D) and the head
+runs on `chunk_size` of them at a time; each chunk keeps only its (n,) log-probs, and under autograd its
+logits are recomputed in the backward (`torch.utils.checkpoint`) instead of being saved. At Qwen2.5's
+vocabulary (151,936) that turns ~0.6 GB per 1,000 completion tokens and fp32 copy into a bound of
+~5 x chunk_size x V x 4 B (0.78 GB at the default 256), whatever the batch.
+
 We use our own loop instead of `model.generate` because `generate` cannot take a pruned, non-rectangular
 image grid (its M-RoPE comes from `image_grid_thw`) and because a 40-line loop can be stepped through
 with `breakpoint()`.
@@ -25,11 +32,13 @@ with `breakpoint()`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
 import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vitos.config import Range
 from vitos.models.base import ModelAdapter
@@ -69,6 +78,88 @@ def token_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """(..., V) logits -> (..., V) fp32 log-probs of the tempered distribution (T <= 0 is read as 1, greedy)."""
     t = temperature if temperature > 0 else 1.0
     return torch.log_softmax(logits.float() / t, dim=-1)
+
+
+LOGPROB_CHUNK = 256
+"""Default `chunk_size` of `completion_logprobs`: completion positions (rows x tokens flattened, padding
+skipped) whose logits exist at once. Counted over the flattened batch, not per row, so the bound does not
+grow with the batch or the completion length: ~5 fp32 (chunk, V) copies live in a chunk's backward
+(measured, tests/test_logprob_chunks.py), 5 x 256 x 151,936 x 4 B = 0.78 GB at Qwen2.5's vocabulary,
+against 3 x rows x T x V x 4 B unchunked (4 x 512 tokens: 3.7 GB). At 7B (D = 3,584) one chunk's head
+matmul is still ~0.28 TFLOP, enough to fill a GPU, so the chunking costs no throughput; the recomputation
+costs one extra head forward (~7 % of a 7B model's FLOPs per token, on the completion only)."""
+
+
+def _head_logits(head: torch.nn.Module | torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """(n, D) hidden states -> (n, V) logits in the head's (or autocast's) dtype."""
+    if isinstance(head, torch.Tensor):
+        return F.linear(hidden, head)  # head: (V, D) weight
+    return head(hidden)  # the module itself, so FSDP / ZeRO-3 hooks and LoRA on the head apply
+
+
+def _chunk_logprobs(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module | torch.Tensor, temperature: float,
+    suppressed: torch.Tensor | None,
+) -> torch.Tensor:
+    """One chunk: (n, D) hidden, (n,) ids -> (n,) fp32 log p(id) under softmax(head(h) / T), suppressed ids out."""
+    logits = _head_logits(head, hidden).float()  # (n, V) fp32
+    if temperature != 1.0:
+        logits = logits / temperature  # (n, V)
+    if suppressed is not None:
+        logits = logits.index_fill(-1, suppressed, float("-inf"))  # (n, V)
+    picked = logits.gather(-1, targets[:, None]).squeeze(-1)  # (n,)
+    return picked - torch.logsumexp(logits, dim=-1)  # (n,)
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor,
+    head: torch.nn.Module | torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    suppressed_ids: torch.Tensor | Sequence[int] | None = None,
+    chunk: int = LOGPROB_CHUNK,
+    recompute: bool | None = None,
+) -> torch.Tensor:
+    """Selective log-softmax: (..., D) final hidden states, (...) target ids -> (...) fp32 log-probs.
+
+    Equal (to float rounding) to `token_logprobs(head(hidden) [suppressed = -inf], T).gather(targets)`, but the
+    head runs on `chunk` flattened positions at a time, so no (..., V) tensor ever exists: per chunk,
+    logits_c = head(h_c).float() / T, suppressed columns -inf, logp_c = logits_c[target] - logsumexp(logits_c).
+
+    head: the output projection, a module (called as is: keeps FSDP / ZeRO-3 gathering and LoRA) or a
+        (V, D) weight. Its output is cast to fp32 after the matmul, as `generate` does with `lm_forward`'s
+        logits, so rollout and re-scoring agree to rounding.
+    temperature: T <= 0 reads as 1 (greedy), as in `token_logprobs`.
+    suppressed_ids: vocabulary ids renormalised away (None or empty: the whole vocabulary).
+    chunk: positions per head call (>= 1); `chunk >= N` is one chunk.
+    recompute: wrap each chunk in a non-reentrant `torch.utils.checkpoint`, so autograd saves only the
+        chunk's (n, D) input and recomputes its (n, V) logits in the backward (without it every chunk's
+        logits stay alive until the backward and chunking saves nothing). None = exactly when a gradient
+        can flow (grad mode on and the hidden states or the head require grad).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 position, got {chunk}; pass e.g. LOGPROB_CHUNK ({LOGPROB_CHUNK})")
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} disagree: "
+                         "targets must have hidden's shape without its last (feature) dimension")
+    lead = targets.shape
+    flat_h = hidden.reshape(-1, hidden.shape[-1])  # (N, D)
+    flat_t = targets.reshape(-1).to(device=hidden.device, dtype=torch.long)  # (N,)
+    t = temperature if temperature > 0 else 1.0
+    suppressed = None
+    if suppressed_ids is not None and len(suppressed_ids) > 0:
+        suppressed = torch.as_tensor(suppressed_ids, dtype=torch.long, device=hidden.device)  # (S,)
+    if recompute is None:
+        head_grad = head.requires_grad if isinstance(head, torch.Tensor) else any(
+            p.requires_grad for p in head.parameters())
+        recompute = torch.is_grad_enabled() and (hidden.requires_grad or head_grad)
+    pieces = []
+    for h_c, t_c in zip(flat_h.split(chunk), flat_t.split(chunk)):  # (n, D), (n,); one empty chunk when N = 0
+        if recompute:
+            pieces.append(checkpoint(_chunk_logprobs, h_c, t_c, head, t, suppressed, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logprobs(h_c, t_c, head, t, suppressed))
+    return torch.cat(pieces).reshape(lead)  # (...)
 
 
 def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -151,16 +242,21 @@ def completion_logprobs(
     completions: list[torch.Tensor],
     temperature: float = 1.0,
     suppress: bool = False,
+    chunk_size: int = LOGPROB_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of `completions[i]` given `seqs[i]` (with gradients when enabled).
 
     temperature: score softmax(logits / T), the distribution `generate` sampled at T (<= 0 reads as 1).
     suppress: renormalise over the vocabulary `generate` may sample (vision special tokens excluded).
     Both are what the RL policy is; the SFT loss uses the defaults (plain next-token log-probs).
+    chunk_size: completion positions (all rows' real tokens, flattened) projected onto the vocabulary at
+    once (`chunked_token_logprobs`, LOGPROB_CHUNK); the values do not depend on it.
 
     Layout: [left pad | prompt | completion | right pad]; completion token k of row b sits at column
-    Lp + k with position next_positions[b] + k, and is predicted by the logits at column Lp + k - 1.
-    Returns logp (B, T) and mask (B, T) (1 on real completion tokens).
+    Lp + k with position next_positions[b] + k, and is predicted by the hidden state at column Lp + k - 1.
+    Returns logp (B, T) fp32 (0 on padding) and mask (B, T) (1 on real completion tokens).
+    Under a wrapped policy (DDP / FSDP / ZeRO-3) call it inside `Policy.forward` (op="logprobs"): the head
+    is called once per chunk, and again in the backward.
     """
     embeds, positions, mask = collate(seqs)  # (B, Lp, D), (P, B, Lp), (B, Lp)
     b = embeds.shape[0]
@@ -177,11 +273,14 @@ def completion_logprobs(
     full_embeds = torch.cat([embeds, adapter.embed_tokens(comp)], dim=1)  # (B, Lp + T, D)
     full_pos = torch.cat([positions, comp_pos], dim=2)  # (P, B, Lp + T)
     full_mask = torch.cat([mask, comp_mask], dim=1)  # (B, Lp + T)
-    # Only the last T + 1 columns feed the head: the vocabulary projection of the prompt (thousands of
-    # visual tokens) is never materialised.
-    logits, _ = adapter.lm_forward(full_embeds, full_pos, full_mask, logits_to_keep=t_max + 1)  # (B, T + 1, V)
-    logits = logits[:, :-1].float()  # (B, T, V): column Lp - 1 + k predicts completion token k
-    if suppress and adapter.suppressed_token_ids:
-        logits = logits.index_fill(-1, torch.tensor(adapter.suppressed_token_ids, device=device), float("-inf"))
-    logp = token_logprobs(logits, temperature).gather(-1, comp[..., None]).squeeze(-1)  # (B, T)
-    return logp * comp_mask, comp_mask
+    # Only the last T + 1 hidden states are kept, and only the T real-token predictors of each row reach
+    # the head: the vocabulary projection of the prompt (thousands of visual tokens) and of the padding is
+    # never computed.
+    hidden, _ = adapter.lm_hidden(full_embeds, full_pos, full_mask, keep_last=t_max + 1)  # (B, T + 1, D)
+    hidden = hidden[:, :-1]  # (B, T, D): column Lp - 1 + k predicts completion token k
+    real = comp_mask.bool()  # (B, T)
+    suppressed = adapter.suppressed_token_ids if suppress else None
+    lp = chunked_token_logprobs(hidden[real], adapter.lm_head, comp[real], temperature, suppressed,
+                                chunk_size)  # (N,), N = real completion tokens
+    logp = torch.zeros(b, t_max, dtype=torch.float32, device=device).masked_scatter(real, lp)  # (B, T)
+    return logp, comp_mask

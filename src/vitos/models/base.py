@@ -8,6 +8,8 @@ pipeline, the trainer and the evaluator only ever talk to this interface:
     build_prompt(text, images, system)     -> Prompt              chat format, placeholders expanded, positions
     embed_tokens(ids)                      -> (..., L, D)         text embeddings
     lm_forward(embeds, positions, mask, cache, logits_to_keep) -> (logits, cache)   LM + head, no vision
+    lm_hidden(embeds, positions, mask, cache, keep_last)       -> (hidden, cache)   LM only (final norm)
+    lm_head                                                     (D -> V) module    lm_forward = lm_head(lm_hidden)
     eos_token_ids, suppressed_token_ids, pad_token_id, dtype, model, tokenizer, num_position_rows
 
 `model.config.get_text_config()` must describe the language model: the decoder builds its KV cache from it.
@@ -157,6 +159,21 @@ class ModelAdapter(Protocol):
     ) -> tuple[torch.Tensor, Any]:
         """Language model + head on embeddings. (B, L, D), (P, B, L), (B, L_total) -> logits (B, L|k, V), cache."""
 
+    def lm_hidden(
+        self,
+        inputs_embeds: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any = None,
+        keep_last: int = 0,
+    ) -> tuple[torch.Tensor, Any]:
+        """`lm_forward` without the head: final (normed) hidden states (B, L|k, D), cache. The chunked
+        log-probs (`vitos.engine.chunked_token_logprobs`) apply `lm_head` to them a few positions at a time."""
+
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        """The output projection (D -> V) that turns `lm_hidden`'s states into `lm_forward`'s logits."""
+
     @property
     def eos_token_ids(self) -> list[int]:
         """Ids that end a completion."""
@@ -214,15 +231,22 @@ class AdapterBase:
         """(P, B, L) engine positions -> what the language model's `position_ids` takes (default: as is)."""
         return positions
 
-    def lm_forward(
+    @property
+    def lm_head(self) -> torch.nn.Module:
+        """The model's own output projection (`model.lm_head`, D -> V)."""
+        return self.model.lm_head
+
+    def lm_hidden(
         self,
         inputs_embeds: torch.Tensor,
         positions: torch.Tensor,
         attention_mask: torch.Tensor,
         cache: Any = None,
-        logits_to_keep: int = 0,
+        keep_last: int = 0,
     ) -> tuple[torch.Tensor, Any]:
-        """(B, L, D) embeddings, (P, B, L) positions, (B, L_past + L) mask -> (B, L or k, V) logits, cache.
+        """(B, L, D) embeddings, (P, B, L) positions, (B, L_past + L) mask -> (B, L or k, D) final hidden
+        states (after the decoder's last norm: what `lm_head` takes), cache. keep_last = k > 0 keeps the
+        last k columns only.
 
         The 2-D mask is always passed: without it transformers reads a jump in position ids (a pruned
         gap) as the start of a new packed sequence and blocks attention across it.
@@ -237,6 +261,19 @@ class AdapterBase:
             use_cache=cache is not None,
         )
         hidden = out.last_hidden_state  # (B, L, D)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        return self.model.lm_head(hidden), out.cache
+        if keep_last:
+            hidden = hidden[:, -keep_last:]  # (B, k, D)
+        return hidden, out.cache
+
+    def lm_forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[torch.Tensor, Any]:
+        """(B, L, D) embeddings, (P, B, L) positions, (B, L_past + L) mask -> (B, L or k, V) logits, cache:
+        `lm_head(lm_hidden(...))` (generation; log-probs of long completions use the hidden states in chunks)."""
+        hidden, cache = self.lm_hidden(inputs_embeds, positions, attention_mask, cache, keep_last=logits_to_keep)
+        return self.lm_head(hidden), cache

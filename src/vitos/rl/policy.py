@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitos.engine import completion_logprobs
+from vitos.engine import LOGPROB_CHUNK, completion_logprobs
 from vitos.models.base import EncodedImage, ModelAdapter, Prompt
 from vitos.pipeline import PruneConfig
 from vitos.pruning.sparse import assemble
@@ -65,7 +65,7 @@ class Policy(nn.Module):
     """The VLM being trained (and, for beta > 0 with full fine-tuning, its frozen reference)."""
 
     def __init__(self, adapter: ModelAdapter, prune: PruneConfig, trainable: nn.Module, reference: ModelAdapter | None = None,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, logprob_chunk: int = LOGPROB_CHUNK):
         super().__init__()
         self.model = trainable  # the PeftModel (LoRA) or the HF model itself: registers every parameter once
         self.adapter = adapter  # plain attribute: its .model is the module registered above
@@ -73,6 +73,11 @@ class Policy(nn.Module):
         self.reference_adapter = reference
         self.autocast_dtype = autocast_dtype
         """Compute dtype of every op (torch.autocast) over float32 master weights; None = the weights' dtype."""
+        if logprob_chunk < 1:
+            raise ValueError(f"logprob_chunk must be >= 1 completion position, got {logprob_chunk}")
+        self.logprob_chunk = logprob_chunk
+        """Completion positions whose vocabulary logits exist at once in the log-prob pass
+        (`vitos.engine.completion_logprobs(chunk_size=)`); values do not depend on it, peak memory does."""
         if reference is not None:
             self.reference = reference.model  # registered so FSDP/ZeRO shard it too; frozen
 
@@ -110,7 +115,8 @@ class Policy(nn.Module):
             for r in requests
         ]
         comps = [r.completion for r in requests]
-        return completion_logprobs(adapter, seqs, comps, temperature=temperature, suppress=True)  # (B, T), (B, T)
+        return completion_logprobs(adapter, seqs, comps, temperature=temperature, suppress=True,
+                                   chunk_size=self.logprob_chunk)  # (B, T), (B, T)
 
     @torch.no_grad()
     def _ref_logprobs(self, requests: list[ScoreRequest], features: list[EncodedImage], temperature: float = 1.0) -> torch.Tensor:
@@ -161,8 +167,10 @@ def vision_modules(model: nn.Module) -> list[nn.Module]:
 
 def build_policy(adapter: ModelAdapter, prune: PruneConfig, lora: bool = True, lora_r: int = 16, lora_alpha: int = 32,
                  lora_dropout: float = 0.0, freeze_vision: bool = True, gradient_checkpointing: bool = False,
-                 need_reference: bool = False, autocast_dtype: torch.dtype | None = None) -> Policy:
-    """Make the adapter's model trainable as configured (LoRA injected in place: `adapter.model` keeps working)."""
+                 need_reference: bool = False, autocast_dtype: torch.dtype | None = None,
+                 logprob_chunk: int = LOGPROB_CHUNK) -> Policy:
+    """Make the adapter's model trainable as configured (LoRA injected in place: `adapter.model` keeps working).
+    logprob_chunk: completion positions per head call in the log-prob pass (`Policy.logprob_chunk`)."""
     model = adapter.model
     reference = None
     if need_reference and not lora:  # LoRA uses the adapters-disabled base model instead of a copy
@@ -188,7 +196,7 @@ def build_policy(adapter: ModelAdapter, prune: PruneConfig, lora: bool = True, l
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if not any(p.requires_grad for p in trainable.parameters()):
         raise ValueError("no trainable parameters: check model.lora / model.freeze_vision")
-    return Policy(adapter, prune, trainable, reference, autocast_dtype)
+    return Policy(adapter, prune, trainable, reference, autocast_dtype, logprob_chunk)
 
 
 def merge_lora_state(state: dict[str, torch.Tensor], scale: float, adapter_name: str = "default") -> dict[str, torch.Tensor]:
