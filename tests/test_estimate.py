@@ -374,3 +374,10 @@ def test_cli_dry_run_prints_the_table_and_exits_without_training(tiny_model_dir,
     out = capsys.readouterr().out
     assert "2 process(es), DeepSpeed ZeRO-2" in out and "verdict: does not fit" in out
     assert not run_dir.exists()
+
+
+def test_the_estimate_chunks_log_probs_like_the_engine():
+    """logits_bytes assumes the engine's chunk: a change of one without the other would skew every verdict."""
+    from vitos.engine import LOGPROB_CHUNK
+
+    assert E.LOGPROB_CHUNK == LOGPROB_CHUNK

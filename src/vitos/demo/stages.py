@@ -118,6 +118,15 @@ def save_warm_start(adapter: Any, path: Path, cfg: DemoConfig) -> None:
     write_settings(path, demo_settings(cfg), note=DEMO_SETTINGS_NOTE)
 
 
+def pool_constant_box(rows: Path) -> list[float]:
+    """The best constant box of an RL pool's GT boxes (vitos.study.evaluate.best_constant_box): the collapse
+    guard's reference (DemoConfig.iou_guard)."""
+    from vitos.data.readers import read_rows
+    from vitos.study.evaluate import best_constant_box
+
+    return best_constant_box([s.boxes for s in read_rows(rows).samples])
+
+
 def _train_config(cfg: DemoConfig, model_dir: Path, train_path: Path, out: Path) -> Any:
     from vitos.pipeline import PruneConfig
     from vitos.rl.rewards import RewardWeights
@@ -132,7 +141,7 @@ def _train_config(cfg: DemoConfig, model_dir: Path, train_path: Path, out: Path)
                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature),
         prune=PruneConfig(margin=cfg.margin, min_keep=cfg.min_keep, fusion=cfg.fusion),  # type: ignore[arg-type]
         grpo=GRPOSection(),
-        rewards=RewardWeights(iou=cfg.iou_weight),
+        rewards=RewardWeights(iou=cfg.iou_weight, iou_reference=pool_constant_box(train_path) if cfg.iou_guard else None),
         optim=OptimSection(lr=cfg.rl_lr),
         schedule=ScheduleSection(name=cfg.schedule, total_steps=cfg.rl_steps, stage1_steps=stage1),  # type: ignore[arg-type]
         checkpoint=CheckpointSection(out_dir=str(out)),
@@ -166,7 +175,8 @@ def make_data(cfg: DemoConfig, out: Path, say: Say) -> DemoData:
 
     t0 = time.perf_counter()
     say.started(f"data: writing {cfg.n_train} train / {cfg.n_test} test MedPhantom questions to {out / 'data'}")
-    phantom = PhantomConfig(seed=cfg.seed, n_train=cfg.n_train, n_test=cfg.n_test, question_mix=dict(cfg.question_mix))
+    phantom = PhantomConfig(**{**cfg.phantom, "seed": cfg.seed, "n_train": cfg.n_train, "n_test": cfg.n_test,
+                               "question_mix": dict(cfg.question_mix)})
     paths = write_dataset(phantom, out / "data")
     train_set, test_set = read_rows(paths["train"]).samples, read_rows(paths["test"]).samples
     data = DemoData({k: str(v) for k, v in paths.items()}, train_set, test_set, [load_sample_images(s) for s in test_set],

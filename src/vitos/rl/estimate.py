@@ -51,8 +51,12 @@ QWEN_DEFAULT_MAX_PIXELS = 28 * 28 * 16384
 DEFAULT_TEXT_TOKENS = 200
 """Assumed system + question text tokens of one prompt (chat template, question, options)."""
 LOGIT_COPIES = 3
-"""Live (rows, T, V) fp32 tensors at the log-prob pass's peak: the fp32 logits, their log-softmax (kept for
-backward) and, in backward, the log-softmax's incoming and outgoing gradient (the logits are freed)."""
+"""Live (chunk, V) fp32 tensors at the log-prob pass's peak. The pass is chunked and checkpointed
+(vitos.engine.chunked_token_logprobs): at most LOGPROB_CHUNK completion positions reach the head at once,
+and the backward recomputes one chunk's logits, so the peak is a few copies of ONE chunk's logits (the
+recomputed logits, the softmax of logsumexp's backward and the logits' gradient), not of the batch's."""
+LOGPROB_CHUNK = 256
+"""Completion positions per chunk of the log-prob pass (vitos.engine.LOGPROB_CHUNK; a test keeps them equal)."""
 LAYER_SAVED_PER_TOKEN = (9, 4)
 """(a, c): tensors one decoder layer keeps for backward, a x h + c x I values per token (2 RMSNorm in/out,
 q, rotated q/k, attention output, o_proj input; MLP gate, SiLU(gate), up, their product)."""
@@ -296,10 +300,10 @@ def recompute_bytes(shape: ModelShape, rows: int, tokens: int, bytes_per: int) -
     return rows * tokens * (a * shape.hidden + c * shape.intermediate) * bytes_per
 
 
-def logits_bytes(shape: ModelShape, rows: int, new_tokens: int) -> int:
-    """Log-prob pass of one micro-batch: only the completion reaches the head, in fp32:
-    rows x T x V x 4 bytes per copy, LOGIT_COPIES (3) copies live at the peak."""
-    return LOGIT_COPIES * rows * new_tokens * shape.vocab * 4
+def logits_bytes(shape: ModelShape, rows: int, new_tokens: int, chunk: int = LOGPROB_CHUNK) -> int:
+    """Log-prob pass of one micro-batch: only the completion reaches the head, in fp32, one chunk at a time:
+    min(rows x T, chunk) x V x 4 bytes per copy, LOGIT_COPIES (3) copies live at the peak."""
+    return LOGIT_COPIES * min(rows * new_tokens, chunk) * shape.vocab * 4
 
 
 def grad_cosine_bytes(trainable: int, grad_bytes: int) -> int:
@@ -469,7 +473,8 @@ def estimate_memory(cfg: Any, shape: ModelShape, params: ParamCounts, launch: La
         est.recompute = recompute_bytes(shape, rows, seq, b_a)
         f["recompute"] = f"{rows} rows x {seq:,} tok x {per_layer} x {b_a} B (max with logits)"
     est.logits = logits_bytes(shape, rows, cfg.rollout.max_new_tokens)
-    f["logits"] = f"{LOGIT_COPIES} x {rows} rows x {cfg.rollout.max_new_tokens} x {shape.vocab:,} x 4 B"
+    f["logits"] = (f"{LOGIT_COPIES} x min({rows} rows x {cfg.rollout.max_new_tokens}, chunk {LOGPROB_CHUNK}) x "
+                   f"{shape.vocab:,} x 4 B")
     every = getattr(cfg.logging, "grad_cosine_every", 1)
     if cfg.logging.log_grad_cosine and every and every > 0 and launch.grad_cosine_runs:
         est.grad_cosine = grad_cosine_bytes(params.trainable, b_t_int)

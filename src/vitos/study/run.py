@@ -51,7 +51,7 @@ class StudyConfig:
     """The variant whose targets are reported (`schedule+cross|nocross+iou|noiou`)."""
     warm_start: str = "builtin"
     """builtin (shipped demo warm start), train (the demo's warm-start stages per seed) or a folder."""
-    n_train: int = 400
+    n_train: int = 4000
     """MedPhantom training questions (RL pool, majority answers, constant box)."""
     n_test: int = 2000
     """MedPhantom test questions every row is measured on."""
@@ -66,7 +66,7 @@ class StudyConfig:
     demo_overrides: dict[str, Any] = field(default_factory=dict)
     """DemoConfig values for data, warm start, RL and decoding (e.g. {"group_size": 4})."""
     phantom: dict[str, Any] = field(default_factory=dict)
-    """PhantomConfig overrides of the data (e.g. vitos.data.medphantom.PHANTOM_V2; {} = the demo's data)."""
+    """PhantomConfig overrides on top of the demo's data (DemoConfig.phantom, PHANTOM_V3); {} = the demo's data."""
 
 
 SMOKE: dict[str, Any] = {"seeds": [0, 1], "schedules": ["interleaved", "joint"], "cross_feedback": [True, False],
@@ -107,7 +107,7 @@ def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
         demo = DemoConfig(**{**cfg.demo_overrides, "seed": seed, "n_train": cfg.n_train, "n_test": cfg.n_test,
                              "rl_steps": cfg.rl_steps})
         s = eval_settings(demo)
-        paths = write_dataset(PhantomConfig(**{"question_mix": dict(demo.question_mix), **cfg.phantom, "seed": seed,
+        paths = write_dataset(PhantomConfig(**{"question_mix": dict(demo.question_mix), **demo.phantom, **cfg.phantom, "seed": seed,
                                                "n_train": cfg.n_train, "n_test": cfg.n_test}), out / f"data-{seed}")
         train_set, test = read_rows(paths["train"]).samples, read_rows(paths["test"]).samples
         images = [load_sample_images(t) for t in test]
