@@ -14,6 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from peak_rss import PEAK_RSS_HELPERS
 import torch
 
 from vitos.config import load_config
@@ -174,13 +176,7 @@ _PEAK_SCRIPT = textwrap.dedent(r"""
     from vitos.models import load_model
     from vitos.pruning.sparse import assemble
 
-    def rss():
-        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    def reset():
-        open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM (peak RSS) to the current RSS
-        return rss()
-    def peak():
-        return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+    #PEAK_RSS_HELPERS
 
     path, rows_gen, rows_upd, new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     ad = load_model(path, "float32", "cpu")
@@ -207,7 +203,7 @@ _PEAK_SCRIPT = textwrap.dedent(r"""
     lp.sum().backward()
     update = peak() - base
     print(json.dumps({"prompt_tokens": int(collate([seq])[0].shape[1]), "prefill": prefill, "update": update}))
-""")
+""").replace("#PEAK_RSS_HELPERS", PEAK_RSS_HELPERS)
 
 
 def _wide_vocab_model(out: Path) -> Path:

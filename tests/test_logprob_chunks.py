@@ -16,6 +16,8 @@ import sys
 import textwrap
 
 import pytest
+
+from peak_rss import PEAK_RSS_HELPERS
 import torch
 
 from conftest import random_image
@@ -149,13 +151,7 @@ _PEAK_SCRIPT = textwrap.dedent(r"""
     torch.set_num_threads(1)
     from vitos.engine import LOGPROB_CHUNK, chunked_token_logprobs, token_logprobs
 
-    def rss():
-        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    def reset():
-        open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM (peak RSS) to the current RSS
-        return rss()
-    def peak():
-        return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+    #PEAK_RSS_HELPERS
 
     V, D = 151936, 64
     torch.manual_seed(0)
@@ -192,7 +188,7 @@ _PEAK_SCRIPT = textwrap.dedent(r"""
         measure("chunked, no recompute", 4, 256, True, chunked(64, recompute=False)),
     ]
     print(json.dumps(out))
-""")
+""").replace("#PEAK_RSS_HELPERS", PEAK_RSS_HELPERS)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc (Linux)")
