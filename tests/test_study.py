@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from vitos.data.sample import Sample
 from vitos.study.evaluate import answer_balance, best_constant_box, evaluate_majority, majority_answers, summarise
@@ -117,7 +118,8 @@ def test_smoke_study_writes_every_row_comparison_and_plot(tmp_path):
     names = {r["name"] for r in study["rows"]}
     for row in ("majority", "warm_start/full", "warm_start/vitos", "interleaved+cross+iou/vitos",
                 "interleaved+cross+iou/full", "interleaved+cross+iou/oracle", "interleaved+cross+iou/constant box",
-                "interleaved+cross+iou/center", "interleaved+cross+iou/random", "joint+nocross+iou/vitos"):
+                "interleaved+cross+iou/center", "interleaved+cross+iou/random", "interleaved+cross+iou/fastv",
+                "joint+nocross+iou/vitos"):
         assert row in names, row
     for r in study["rows"]:
         assert {"accuracy", "ci_low", "ci_high", "n", "kept_ratio"} <= set(r)
@@ -137,3 +139,24 @@ def test_smoke_study_writes_every_row_comparison_and_plot(tmp_path):
     for name in ("study.md", "study_accuracy.png", "grad_cosine.png"):
         assert (out / name).is_file()
     assert math.isfinite(study["meta"]["seconds"])
+
+
+def test_fastv_keeps_meet_each_budget_and_do_not_depend_on_the_batching(sensitive_adapter, one_torch_thread):
+    """The study's FastV row: exactly each question's budget of tokens, and the masks of a batch equal those
+    of each question alone (a batching bug would pair one question's budget or scores with another's)."""
+    from vitos.data.medphantom import PhantomConfig, generate
+    from vitos.eval.baselines import fastv_keep
+    from vitos.pipeline import encode
+    from vitos.prompts import sparse_prompt
+    from vitos.pruning.sparse import assemble
+    from vitos.study.evaluate import fastv_keeps
+
+    test = generate(PhantomConfig(seed=2, n_train=0, n_test=5, image_size=112))["test"]
+    enc = encode(sensitive_adapter, [list(t.images) for t in test])
+    budgets = [1, 3, 5, 2, 4]
+    masks = fastv_keeps(sensitive_adapter, test, enc, budgets, batch_size=2)
+    assert [int(m[0].sum()) for m in masks] == budgets
+    for t, e, b, m in zip(test, enc, budgets, masks):
+        p = sensitive_adapter.build_prompt(sparse_prompt(t.question, t.options, t.kind, 1), e)
+        alone = fastv_keep(sensitive_adapter, [assemble(sensitive_adapter, p, e)], [p.image_spans], [[e[0].grid_hw]], [b])
+        assert torch.equal(alone[0][0], m[0])

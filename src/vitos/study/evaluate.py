@@ -139,9 +139,30 @@ def baseline_keeps(name: str, encoded: list[list[Any]], budgets: list[int], seed
             elif name == "visionzip":
                 masks.append(visionzip_keep(e.features, e.grid_hw, b, num_contextual))
             else:
-                raise ValueError(f"unknown demo baseline {name!r}; use center, random or visionzip "
-                                 "(fastv needs prompts: run `vitos eval --mode fastv`)")
+                raise ValueError(f"unknown baseline {name!r} here; use center, random or visionzip "
+                                 "(fastv needs the model and the prompts: `fastv_keeps`)")
         out.append(masks)
+    return out
+
+
+def fastv_keeps(adapter: Any, samples: list[Any], encoded: list[list[Any]], budgets: list[int], layer: int = 1,
+                batch_size: int = 25) -> list[list[torch.Tensor]]:
+    """FastV's keep masks at per-sample `budgets`: the answer pass's prompt (`sparse_prompt`, all visual
+    tokens) is prefilled to decoder layer `layer`, and the visual tokens the last text token attends to most
+    are kept (vitos.eval.baselines.fastv_keep, as `vitos eval --mode fastv`), `batch_size` prompts at a time."""
+    from vitos.eval.baselines import fastv_keep
+    from vitos.prompts import sparse_prompt
+    from vitos.pruning.sparse import assemble
+
+    out: list[list[torch.Tensor]] = []
+    for lo in range(0, len(samples), batch_size):
+        chunk, enc = samples[lo:lo + batch_size], encoded[lo:lo + batch_size]
+        prompts = [adapter.build_prompt(sparse_prompt(t.question, t.options, t.kind, max(1, len(e))), e)
+                   for t, e in zip(chunk, enc)]
+        seqs = [assemble(adapter, p, e) for p, e in zip(prompts, enc)]
+        with torch.no_grad():
+            out += fastv_keep(adapter, seqs, [p.image_spans for p in prompts], [[x.grid_hw for x in e] for e in enc],
+                              budgets[lo:lo + batch_size], layer)
     return out
 
 
@@ -232,8 +253,9 @@ def evaluate_run(adapter: Any, test: list[Any], images: list[list[Any]], s: Eval
                                          box_keeps([[constant]] * len(test), encoded, s), encoded=encoded)
     budgets = rows["vitos"]["budgets"]  # ViToS's visual tokens per question
     for name in baselines:
-        rows[name] = evaluate_mode(adapter, test, images, "baseline", s, baseline_keeps(name, encoded, budgets, seed),
-                                   BASELINE_FUSION[name], encoded=encoded)
+        keeps = (fastv_keeps(adapter, test, encoded, budgets) if name == "fastv"
+                 else baseline_keeps(name, encoded, budgets, seed))
+        rows[name] = evaluate_mode(adapter, test, images, "baseline", s, keeps, BASELINE_FUSION[name], encoded=encoded)
     for name, r in rows.items():
         if name not in keep_records:
             r.pop("records", None)

@@ -59,8 +59,8 @@ class StudyConfig:
     """RL steps per run."""
     grad_cosine_every: int = 5
     """Gradient-cosine measurement every this many RL steps (0 = never)."""
-    baselines: list[str] = field(default_factory=lambda: ["center", "random", "visionzip"])
-    """Training-free selectors at each run's ViToS budget."""
+    baselines: list[str] = field(default_factory=lambda: ["center", "random", "fastv", "visionzip"])
+    """Training-free selectors at each run's ViToS budget (center, random, fastv, visionzip)."""
     out_dir: str = "runs/study"
     """Where study.md, study.json, plots and the runs go."""
     demo_overrides: dict[str, Any] = field(default_factory=dict)
@@ -71,7 +71,7 @@ class StudyConfig:
 
 SMOKE: dict[str, Any] = {"seeds": [0, 1], "schedules": ["interleaved", "joint"], "cross_feedback": [True, False],
                          "iou_reward": [True], "n_train": 40, "n_test": 24, "rl_steps": 2, "grad_cosine_every": 1,
-                         "baselines": ["center", "random"],
+                         "baselines": ["center", "random", "fastv"],
                          "demo_overrides": {"rl_batch_size": 2, "group_size": 2, "sparse_group_size": 2,
                                             "max_new_tokens": 48, "rl_questions": 0}}
 """`--smoke`: the same rows and files on tiny budgets (2 seeds x 2 schedules x cross on/off, 2 RL steps,
