@@ -7,7 +7,9 @@
 Upload a JPEG, PNG or DICOM file (or pick a bundled MedPhantom example), type a question (and options for
 a multiple-choice question), choose a model folder or hub id, press Run. The page shows:
 
-  * the grounding branch's evidence boxes and its reasoning (<think>) and answer;
+  * the grounding branch's evidence boxes and its reasoning (<think>), and its own answer when the grounding
+    pass runs in full ("grounding pass" control or `--grounding full`; the default, short, stops it once its
+    boxes are written, `vitos.pipeline`);
   * the kept-token overlay (`vitos.overlay.render_overlay`: predicted boxes, kept cells outlined, pruned
     cells dimmed, the ground-truth box of an example, the answer and whether it matches the reference);
   * the sparse branch's reasoning and answer (only the kept visual tokens), and beside it the answer of one
@@ -94,6 +96,8 @@ class Analysis:
     full: Answer
     timings_ms: dict[str, float]
     """load, encode, grounding, prune, sparse answer, full answer."""
+    grounding_mode: str = "full"
+    """How the grounding pass ran: short (stopped after its boxes, no answer of its own) or full."""
 
 
 def kind_for(kind: str | None, options: dict[str, str] | None) -> str:
@@ -105,8 +109,10 @@ def kind_for(kind: str | None, options: dict[str, str] | None) -> str:
 
 def analyse(adapter: Any, model: str, image: Any, question: str, options: dict[str, str] | None = None,
             kind: str | None = None, reference: str | None = None, gt_boxes: list[list[float]] | None = None,
-            prune: PruneConfig | None = None, sampling: SamplingConfig | None = None) -> Analysis:
-    """Encode once, run the ViToS path (grounding -> prune -> sparse answer) and the full-token answer."""
+            prune: PruneConfig | None = None, sampling: SamplingConfig | None = None,
+            grounding: str = "short") -> Analysis:
+    """Encode once, run the ViToS path (grounding -> prune -> sparse answer) and the full-token answer.
+    `grounding`: short (stop the grounding pass after its boxes) or full (it writes its own answer too)."""
     from vitos.images import load_image
     from vitos.pipeline import encode, run
     from vitos.prompts import parse_output
@@ -120,14 +126,15 @@ def analyse(adapter: Any, model: str, image: Any, question: str, options: dict[s
     t0 = time.perf_counter()
     encoded = encode(adapter, [[image]])
     encode_ms = (time.perf_counter() - t0) * 1e3
-    sparse = run(adapter, [sample], mode="vitos", prune=prune, sampling=sampling, encoded=encoded)[0]
+    sparse = run(adapter, [sample], mode="vitos", prune=prune, sampling=sampling, encoded=encoded,
+                 grounding=grounding)[0]  # type: ignore[arg-type]
     full = run(adapter, [sample], mode="full", prune=prune, sampling=sampling, encoded=encoded)[0]
-    grounding = parse_output(sparse.grounding_text or "", "grounding", n_images=1)
+    parsed = parse_output(sparse.grounding_text or "", "grounding", n_images=1)
     timings = {"encode": encode_ms, "grounding": sparse.timings_ms.get("grounding", 0.0),
                "prune": sparse.timings_ms.get("prune", 0.0), "sparse answer": sparse.timings_ms.get("answer", 0.0),
                "full answer": full.timings_ms.get("answer", 0.0)}
-    return Analysis(model, sample, image, encoded, sparse.grounding_text, grounding, prune, sampling, sparse, full,
-                    timings)
+    return Analysis(model, sample, image, encoded, sparse.grounding_text, parsed, prune, sampling, sparse, full,
+                    timings, grounding)
 
 
 def rerun_sparse(adapter: Any, analysis: Analysis, prune: PruneConfig) -> Analysis:
@@ -171,9 +178,10 @@ def _think(text: str | None, branch: str) -> str | None:
     return parse_output(text or "", branch).think
 
 
-def _block(title: str, answer: str | None, think: str | None, raw: str, correct: bool | None, extra: str = "") -> str:
+def _block(title: str, answer: str | None, think: str | None, raw: str, correct: bool | None, extra: str = "",
+           no_answer: str = "_(no &lt;answer&gt; tag)_") -> str:
     mark = "" if correct is None else (" — **right**" if correct else " — **wrong**")
-    shown = html.escape(answer) if answer is not None else "_(no &lt;answer&gt; tag)_"
+    shown = html.escape(answer) if answer is not None else no_answer
     out = [f"### {title}", f"**Answer:** {shown}{mark}"]
     if extra:
         out.append(extra)
@@ -188,8 +196,10 @@ def describe(analysis: Analysis) -> dict[str, str]:
     g = a.grounding
     boxes = ", ".join("[" + ", ".join(f"{v:.2f}" for v in b) + "]" for b in (g.boxes or [])) or "none"
     g_extra = f"**Boxes:** {boxes}" + (f"  \n**Box error:** {html.escape(g.box_error)}" if g.box_error else "")
+    short = a.grounding_mode == "short"
     grounding = _block("Grounding branch (all tokens)", g.answer, g.think, a.grounding_text or "",
-                       None, g_extra)
+                       None, g_extra, "_(not generated: the grounding pass stopped after its boxes; "
+                       "choose grounding pass full to see it)_" if short else "_(no &lt;answer&gt; tag)_")
     fallback = f"**Fallback:** {html.escape(s.fallback)}" if s.fallback else ""
     sparse = _block(f"Sparse branch (ViToS, {s.visual_tokens_kept} of {s.visual_tokens_total} visual tokens)",
                     s.answer, _think(s.answer_text, "sparse"), s.answer_text, verdict(s, a.sample), fallback)
@@ -200,7 +210,7 @@ def describe(analysis: Analysis) -> dict[str, str]:
         "| | visual tokens | latency (ms) |",
         "|---|---|---|",
         f"| vision tower (once, shared) | {f.visual_tokens_total} | {a.timings_ms['encode']:.0f} |",
-        f"| grounding pass (all tokens) | {f.visual_tokens_total} | {a.timings_ms['grounding']:.0f} |",
+        f"| grounding pass (all tokens, {a.grounding_mode}) | {f.visual_tokens_total} | {a.timings_ms['grounding']:.0f} |",
         f"| prune | {s.visual_tokens_kept} kept ({100 * s.visual_tokens_kept / max(1, s.visual_tokens_total):.0f}%) "
         f"| {a.timings_ms['prune']:.0f} |",
         f"| sparse answer pass | {s.visual_tokens_kept} | {a.timings_ms['sparse answer']:.0f} |",
@@ -243,8 +253,8 @@ def model_settings(model: str) -> Any:
 
 # ------------------------------------------------------------------------------------------------ the page
 def build_app(default_model: str = DEFAULT_MODEL, dtype: str = "float32", device: str = "cpu",
-              n_examples: int = N_EXAMPLES) -> Any:
-    """The gradio Blocks of the page (not launched)."""
+              n_examples: int = N_EXAMPLES, grounding: str = "short") -> Any:
+    """The gradio Blocks of the page (not launched); `grounding`: the grounding pass control's start value."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
@@ -274,7 +284,8 @@ def build_app(default_model: str = DEFAULT_MODEL, dtype: str = "float32", device
         d = describe(analysis)
         return analysis, overlay_image(analysis), d["grounding"], d["sparse"], d["full"], d["stats"], status
 
-    def on_run(file, question, options, kind, reference, gt_boxes, model, margin, fusion, min_keep, max_new):
+    def on_run(file, question, options, kind, reference, gt_boxes, model, margin, fusion, min_keep, max_new,
+               grounding_mode="short"):
         empty = (None, None, "", "", "", "")
         if not file:
             return (*empty, "**Upload an image or pick an example first.**")
@@ -286,7 +297,7 @@ def build_app(default_model: str = DEFAULT_MODEL, dtype: str = "float32", device
                                 num_contextual=saved.num_contextual)
             sampling = SamplingConfig(max_new_tokens=int(max_new), temperature=saved.temperature)
             analysis = analyse(adapter, name, file, question, parse_options(options or None), kind, reference,
-                               gt_boxes, prune, sampling)
+                               gt_boxes, prune, sampling, grounding_mode or "short")
         except Exception as err:  # shown on the page, never a stack trace
             return (*empty, f"**Error:** {html.escape(str(err))}")
         notes = [f"Loaded `{name}` in {load_ms:.0f} ms." if load_ms else f"Model `{name}` (already loaded)."]
@@ -333,6 +344,8 @@ def build_app(default_model: str = DEFAULT_MODEL, dtype: str = "float32", device
                                    value=default_model, elem_id="model")
                 max_new = gr.Number(value=start.max_new_tokens, precision=0, minimum=1, label="max new tokens",
                                     elem_id="max_new")
+                grounding_mode = gr.Radio(["short", "full"], value=grounding, label="grounding pass: short stops "
+                                          "after the boxes, full also writes its own answer", elem_id="grounding_mode")
                 run_btn = gr.Button("Run", variant="primary", elem_id="run")
                 gr.Markdown("**Pruning** (changes re-run only the sparse pass)")
                 margin = gr.Slider(0.0, 0.5, value=start.margin, step=0.01, label="margin (box dilation)",
@@ -356,7 +369,7 @@ def build_app(default_model: str = DEFAULT_MODEL, dtype: str = "float32", device
         model.blur(on_model, [model], [margin, fusion, min_keep, max_new])
         outs = [state, overlay, grounding_md, sparse_md, full_md, stats, status]
         run_btn.click(on_run, [upload, question, options, kind, reference, gt_state, model, margin, fusion, min_keep,
-                               max_new], outs)
+                               max_new, grounding_mode], outs)
         rerun_btn.click(on_rerun, [state, margin, fusion, min_keep], outs)
         margin.release(on_rerun, [state, margin, fusion, min_keep], outs)
         fusion.input(on_rerun, [state, margin, fusion, min_keep], outs)
@@ -385,6 +398,9 @@ def main_app(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16 or auto (default: float32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--grounding", choices=["short", "full"], default="short",
+                   help="the grounding pass control's start value: short stops it after its boxes (the sparse pass "
+                        "answers), full also writes the grounding branch's own answer (default: short)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
     try:
@@ -397,7 +413,7 @@ def main_app(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        page = build_app(args.model, dtype=args.dtype, device=args.device)
+        page = build_app(args.model, dtype=args.dtype, device=args.device, grounding=args.grounding)
     except (FileNotFoundError, ValueError) as err:
         print(f"vitos app: error: {err}")
         return 2

@@ -128,6 +128,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         sampling=sampling,
         overlay=args.overlay,
         boxes=args.boxes,
+        grounding=args.grounding,
     )
     print(render(result, args.json))
     return 0
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--boxes", default=None,
                    help="use these normalised evidence boxes instead of the grounding pass, e.g. '[[0.1,0.2,0.5,0.6]]' "
                         "(default: the grounding pass's)")
+    i.add_argument("--grounding", choices=["short", "full"], default="short",
+                   help="short: the grounding pass stops once its boxes are written (after </box>; the sparse pass "
+                        "answers); full: it also writes its own <answer>, as in training (default: short)")
     saved = "default: the model's saved setting (vitos_settings.json), else"
     i.add_argument("--margin", type=float, default=None, help=f"box dilation, normalised units ({saved} 0.0)")
     i.add_argument("--min-keep", type=int, default=None, help=f"fewest visual tokens kept per image ({saved} 1)")

@@ -68,10 +68,34 @@ class Generation:
     texts: list[str]
     """Per row: decoded text, special tokens removed."""
     stopped: list[bool]
-    """Per row: True when EOS was produced before max_new_tokens."""
+    """Per row: True when the row stopped by itself (EOS or a stop string) before max_new_tokens."""
     logprobs: list[torch.Tensor] | None = None
     """Per row: (T_i,) fp32 log-prob of each generated token under softmax(logits / T) over the
     non-suppressed vocabulary (T = 1 when greedy), before top-k / top-p truncation."""
+    stop_reasons: list[str] | None = None
+    """Per row: "eos", "stop_string" (the completion ends with the token that completed one) or "length"."""
+
+
+STOP_TAIL_SLACK = 4
+"""Extra tokens in the decoded tail that a stop string is looked for in (`generate`): a string of n characters
+ends in the last n tokens, plus a few for tokens that decode to nothing (special tokens) or to a part of a
+multi-byte character."""
+
+
+def _stop_hits(tokenizer, out: torch.Tensor, t: int, live: torch.Tensor, stop_strings: Sequence[str],
+               window: int) -> torch.Tensor:
+    """(B, T_max) ids written so far (columns 0..t), (B,) rows still live -> (B,) rows whose decoded tail
+    (the last `window` ids) now contains a stop string. Rows not live are never hit."""
+    hit = torch.zeros_like(live)  # (B,) bool
+    rows = live.nonzero().flatten().tolist()
+    if not rows:
+        return hit
+    tails = out[rows, max(0, t + 1 - window) : t + 1].tolist()  # (R, <= window)
+    texts = tokenizer.batch_decode(tails, skip_special_tokens=True)
+    for r, text in zip(rows, texts):
+        if any(s in text for s in stop_strings):
+            hit[r] = True
+    return hit
 
 
 def token_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -187,8 +211,13 @@ def generate(
     sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
     sync: Callable[[bool], bool] | None = None,
+    stop_strings: Sequence[str] = (),
 ) -> Generation:
     """Decode a batch of assembled sequences with a KV cache.
+
+    stop_strings: a row stops (like at EOS, but its completion has no EOS) at the first token after which
+    its decoded tail contains one of them; checked per row, so rows stop independently (a finished row is
+    fed pad tokens and counts no more tokens). Empty (the default, and training): EOS / max_new_tokens only.
 
     sync: for sharded weights (FSDP, ZeRO-3) every rank must make the same number of forward calls;
     `sync(local_done) -> all_done` is called once per token and the loop runs until every rank is done
@@ -206,6 +235,8 @@ def generate(
     suppressed = torch.tensor(adapter.suppressed_token_ids, dtype=torch.long, device=device)
     eos = torch.tensor(adapter.eos_token_ids, dtype=torch.long, device=device)
     pad_id = adapter.pad_token_id
+    stop_strings = [s for s in stop_strings if s]
+    window = max((len(s) for s in stop_strings), default=0) + STOP_TAIL_SLACK  # tail ids decoded per live row
 
     cache = DynamicCache(config=adapter.model.config.get_text_config())
     logits, cache = adapter.lm_forward(embeds, positions, mask, cache, logits_to_keep=1)  # (B, 1, V)
@@ -213,6 +244,7 @@ def generate(
     out = torch.full((b, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros(b, cfg.max_new_tokens, dtype=torch.float32, device=device)
     lengths = torch.full((b,), cfg.max_new_tokens, dtype=torch.long, device=device)
+    by_stop = torch.zeros(b, dtype=torch.bool, device=device)  # (B,) rows ended by a stop string
     for t in range(cfg.max_new_tokens):
         step_logits = logits[:, -1].float()  # (B, V)
         if suppressed.numel():
@@ -221,9 +253,14 @@ def generate(
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         out[:, t] = tok
         out_lp[:, t] = token_logprobs(step_logits, cfg.temperature).gather(-1, tok[:, None]).squeeze(-1)  # (B,)
-        hit_eos = torch.isin(tok, eos) & ~done
-        lengths = torch.where(hit_eos, torch.full_like(lengths, t + 1), lengths)
-        done |= hit_eos
+        hit_eos = torch.isin(tok, eos) & ~done  # (B,)
+        hit = hit_eos
+        if stop_strings:
+            hit_stop = _stop_hits(adapter.tokenizer, out, t, ~done & ~hit_eos, stop_strings, window)  # (B,)
+            by_stop |= hit_stop
+            hit = hit_eos | hit_stop
+        lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)  # (B,)
+        done |= hit
         local_done = bool(done.all())
         if (sync(local_done) if sync is not None else local_done) or t == cfg.max_new_tokens - 1:
             break
@@ -233,7 +270,8 @@ def generate(
     token_ids = [out[i, : int(lengths[i])].cpu() for i in range(b)]
     logprobs = [out_lp[i, : int(lengths[i])].cpu() for i in range(b)]
     texts = adapter.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
-    return Generation(token_ids, texts, done.cpu().tolist(), logprobs)
+    reasons = ["stop_string" if s else "eos" if d else "length" for d, s in zip(done.tolist(), by_stop.tolist())]
+    return Generation(token_ids, texts, done.cpu().tolist(), logprobs, reasons)
 
 
 def completion_logprobs(

@@ -6,7 +6,8 @@
         --options "A=Pneumonia,B=Effusion,C=Normal"
 
 `--json` prints answer, boxes, visual_tokens_total, visual_tokens_kept, fallback (why pruning was
-skipped, or null) and timings_ms per stage. `--mode full` answers on all visual tokens (no grounding).
+skipped, or null), grounding (how the grounding pass ran: short, stopped after its boxes, or full, with its
+own answer; null without one) and timings_ms per stage. `--mode full` answers on all visual tokens (no grounding).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class InferResult:
     mode: str
     timings_ms: dict[str, float]
     overlay: str | None = None
+    grounding: str | None = None
+    """How the grounding pass ran: short (stopped after </box>), full (it wrote its own answer too), None (none)."""
 
 
 def infer_one(
@@ -80,9 +83,11 @@ def infer_one(
     sampling: SamplingConfig | None = None,
     overlay: str | None = None,
     boxes: str | None = None,
+    grounding: str = "short",
 ) -> InferResult:
     """Answer one question about one image. `boxes` (a JSON-ish box list such as "[[0.1,0.2,0.5,0.6]]")
-    replaces the grounding pass with user-given evidence regions; a malformed one falls back to all tokens."""
+    replaces the grounding pass with user-given evidence regions; a malformed one falls back to all tokens.
+    `grounding`: "short" (default: stop the grounding pass after its boxes) or "full" (`vitos.pipeline.run`)."""
     if overlay:  # before any work: the overlay must never replace the input image
         check_overlay_path(overlay, image_path)
     image = load_image(image_path)  # raises ImageError with a clear message
@@ -92,7 +97,8 @@ def infer_one(
     if boxes is not None:
         parsed_boxes, box_images, error = parse_boxes(boxes, n_images=1)
         given = [ParsedOutput(None, parsed_boxes, box_images, None, error, False)]
-    res: Answer = run(adapter, [sample], mode=mode, prune=prune, sampling=sampling, images=[[image]], given_boxes=given)[0]
+    res: Answer = run(adapter, [sample], mode=mode, prune=prune, sampling=sampling, images=[[image]], given_boxes=given,
+                      grounding=grounding)[0]  # type: ignore[arg-type]
     overlay_path = None
     if overlay:
         mask = res.keep_masks[0] if res.keep_masks else None
@@ -119,6 +125,7 @@ def infer_one(
         mode=mode,
         timings_ms={k: round(v, 2) for k, v in res.timings_ms.items()},
         overlay=overlay_path,
+        grounding=res.grounding,
     )
 
 
@@ -128,7 +135,7 @@ def render(result: InferResult, as_json: bool) -> str:
     lines = [
         f"answer: {result.answer if result.answer is not None else '(no <answer> tag) ' + result.answer_text[:200]!s}",
         f"mode: {result.mode}   visual tokens kept: {result.visual_tokens_kept}/{result.visual_tokens_total}"
-        f" ({100 * result.kept_ratio:.1f}%)",
+        f" ({100 * result.kept_ratio:.1f}%)" + (f"   grounding: {result.grounding}" if result.grounding else ""),
     ]
     if result.boxes:
         lines.append(f"boxes: {result.boxes}")

@@ -1,9 +1,16 @@
 """Ground -> prune -> answer, batched: the ViToS inference path shared by `vitos infer` and `vitos eval`.
 
     encoded = encode(adapter, images_per_sample)                  # vision tower: once per image
-    ground  = generate(grounding prompts on all tokens)          # <think> <box> <answer>
+    ground  = generate(grounding prompts on all tokens)          # <think> <box> [<answer>: grounding="full"]
     keeps   = keep_masks(parse_output(ground), encoded, prune)    # boxes -> (H, W) masks per image
     answer  = generate(sparse prompts on kept + fused tokens)     # <think> <answer>
+
+Grounding: `grounding="full"` (the default here, and what training does) lets the grounding pass write its
+whole output, its own <answer> included; `grounding="short"` (the default of `vitos infer`, `vitos eval` and
+`vitos app`) stops each row right after its box tag closes (`GROUNDING_STOP`, `engine.generate`'s stop strings)
+or at the token limit: only the boxes are needed to prune, and the sparse pass gives the answer. Under greedy
+decoding the short output is a prefix of the full one, so boxes, kept tokens and answers are the same; only
+the grounding branch's own answer is missing (`Answer.grounding`, and its accuracy is unavailable).
 
 Modes: `full` answers in one pass on all visual tokens (the baseline); `vitos` runs the two stages above.
 Any grounding output that yields no usable box (no tag, unparseable, out of range) falls back to keeping
@@ -28,6 +35,11 @@ from vitos.pruning.boxes import boxes_to_keep_mask, image_box_to_grid_box
 from vitos.pruning.sparse import SequenceInputs, assemble
 
 Mode = Literal["full", "vitos"]
+Grounding = Literal["short", "full"]
+GROUNDINGS = ("short", "full")
+GROUNDING_STOP = ("</box>",)
+"""Stop strings of a short grounding pass: the closing box tag as the model is trained to write it (a variant
+the parser also reads, e.g. `</ box>`, does not stop it; that row then runs on as a full pass would)."""
 
 
 @dataclass
@@ -54,7 +66,12 @@ class Answer:
     answer_text: str
     """The answer pass's full completion."""
     grounding_text: str | None = None
-    """The grounding pass's completion (vitos mode)."""
+    """The grounding pass's completion (vitos mode); with grounding="short" it ends after `</box>`."""
+    grounding: Grounding | None = None
+    """How the grounding pass ran: "full" (its own <answer> included) or "short" (stopped after the boxes);
+    None when there was none (mode full, baselines, given boxes)."""
+    grounding_tokens: int | None = None
+    """Tokens the grounding pass generated for this sample (None without a grounding pass)."""
     boxes: list[list[float]] = field(default_factory=list)
     """Boxes used for pruning (normalised), empty when none."""
     box_images: list[int] = field(default_factory=list)
@@ -133,6 +150,7 @@ def run(
     given_boxes: list[ParsedOutput] | None = None,
     encoded: list[list[EncodedImage]] | None = None,
     answer_prompts: list[str] | None = None,
+    grounding: Grounding = "full",
 ) -> list[Answer]:
     """Answer a batch of samples in `mode`.
 
@@ -140,7 +158,11 @@ def run(
     `given_boxes` (user-drawn regions, `vitos infer --boxes`) replaces the grounding pass's output in
     vitos mode, with the same fallback rules. `encoded` (from `encode`) skips the vision tower for callers
     that already ran it (the evaluation baselines score tokens before choosing masks); `answer_prompts`
-    replaces the answer pass's user text (default `sparse_prompt`), e.g. with a benchmark's own prompt."""
+    replaces the answer pass's user text (default `sparse_prompt`), e.g. with a benchmark's own prompt.
+    `grounding`: "full" (default; the grounding branch answers too, as in training) or "short" (each row of
+    the grounding pass stops after its `</box>`; the module docstring)."""
+    if grounding not in GROUNDINGS:
+        raise ValueError(f"unknown grounding {grounding!r}; use 'short' or 'full'")
     prune = prune or PruneConfig()
     sampling = sampling or SamplingConfig()
     if answer_prompts is not None and len(answer_prompts) != len(samples):
@@ -155,6 +177,7 @@ def run(
     t["encode"] = (time.perf_counter() - t0) * 1e3
 
     grounding_texts: list[str | None] = [None] * len(samples)
+    grounding_tokens: list[int | None] = [None] * len(samples)
     parsed: list[ParsedOutput | None] = [None] * len(samples)
     fallbacks: list[str | None] = [None] * len(samples)
     if keeps_override is not None:
@@ -165,8 +188,10 @@ def run(
         t0 = time.perf_counter()
         if given_boxes is None:
             seqs = _prompt_seqs(adapter, samples, encoded, grounding_prompt, [None] * len(samples), prune)
-            gen = generate(adapter, seqs, sampling)
+            stops = GROUNDING_STOP if grounding == "short" else ()
+            gen = generate(adapter, seqs, sampling, stop_strings=stops)
             grounding_texts = list(gen.texts)
+            grounding_tokens = [int(ids.numel()) for ids in gen.token_ids]
             parsed = [parse_output(text, "grounding", n_images=len(e)) for text, e in zip(gen.texts, encoded)]
         else:
             parsed = list(given_boxes)
@@ -194,6 +219,8 @@ def run(
                 answer=parse_output(text, "sparse").answer,
                 answer_text=text,
                 grounding_text=grounding_texts[i],
+                grounding=grounding if grounding_texts[i] is not None else None,
+                grounding_tokens=grounding_tokens[i],
                 boxes=list(p.boxes) if used else [],
                 box_images=list(p.box_images or []) if used else [],
                 fallback=fallbacks[i],

@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"longest completion per pass ({_SAVED} 256; --protocol medevalkit: 8192, over a saved value)")
     p.add_argument("--temperature", type=float, default=None,
                    help=f"sampling temperature, 0 = greedy ({_SAVED} 0.0)")
+    p.add_argument("--grounding", choices=["short", "full"], default="short",
+                   help="vitos: short = the grounding pass stops once its boxes are written (after </box>; same "
+                        "boxes and answers under greedy decoding, fewer tokens), full = it also writes its own "
+                        "<answer>, as in training (default: short)")
     p.add_argument("--prompt-style", choices=["vitos", "benchmark", "medevalkit"], default=None,
                    help="answer-pass prompt of full and baseline modes (default: the protocol's: vitos / medevalkit)")
     p.add_argument("--slake-languages", choices=["en", "all"], default=None,
@@ -154,6 +158,7 @@ def _config_from_args(args: argparse.Namespace, chosen: Resolved | None = None) 
         fastv_layer=args.fastv_layer,
         seed=args.seed,
         temperature=s.temperature,
+        grounding=args.grounding,
         prune=PruneConfig(
             margin=s.margin, min_keep=s.min_keep, fusion=s.fusion, num_contextual=s.num_contextual  # type: ignore[arg-type]
         ),

@@ -5,7 +5,8 @@
 
 Modes (batched, through `vitos.pipeline.run`; greedy decoding unless `temperature` > 0):
     full       one pass on every visual token (the base model);
-    vitos      ground -> prune -> answer (the ViToS inference path);
+    vitos      ground -> prune -> answer (the ViToS inference path); `grounding` "short" (the default) stops
+               the grounding pass after its `</box>` (`vitos.pipeline`), "full" lets it write its own answer;
     random, center, fastv, visionzip
                training-free baselines (`vitos.eval.baselines`): keep `budget` tokens per sample chosen by
                the baseline's rule, then answer like `full` on the kept tokens. The budget comes from
@@ -42,7 +43,7 @@ Output folder DIR:
     DIR/scores.json                      per benchmark: n, accuracy with its 95 % interval, closed / open
                                          accuracy (+ intervals), parse_failures, skipped_rows, kept_token_ratio,
                                          questions_sha1 ... (`vitos.eval.scoring`), plus `mean` and `mean_ci95`
-                                         over benchmarks, `kept_token_ratio`, mode, compat, prompt_style,
+                                         over benchmarks, `kept_token_ratio`, mode, grounding, compat, prompt_style,
                                          judge and the protocol fields
     DIR/scores.md                        the same as a markdown table (+ the sibling runs' table)
     DIR/accuracy_vs_kept.png             accuracy against kept-token ratio of this run and its sibling runs
@@ -132,7 +133,8 @@ _RESULT_FIELDS = (
     "temperature",
 )  # fmt: skip
 # Not keyed (they do not change what a greedy pass answers, up to floating-point noise): limit (a resumed
-# run may extend it), batch_size, device, attn, data_dir (the questions and answers of every reused record
+# run may extend it), batch_size, device, attn, grounding (a short grounding pass is a prefix of the full one:
+# same boxes, same answer; only the logged `grounding` text is shorter), data_dir (the questions and answers of every reused record
 # are checked against the data instead).
 
 
@@ -176,6 +178,9 @@ class EvalConfig:
     """Decoding limit per pass (grounding and answer each)."""
     temperature: float = 0.0
     """Sampling temperature of both passes; 0 = greedy (the evaluation protocol)."""
+    grounding: Literal["short", "full"] = "short"
+    """vitos mode: short = the grounding pass stops right after its `</box>` (the sparse pass answers; the
+    grounding branch's own answer is not generated), full = it writes its whole output, <answer> included."""
     prompt_style: Literal["vitos", "benchmark", "medevalkit"] = "vitos"
     """Answer-pass prompt of full/baseline modes: vitos (sparse_prompt, tags), benchmark (the benchmark's own,
     `Benchmark.prompt`) or medevalkit (the kit's wording, `medevalkit_prompt`)."""
@@ -264,6 +269,8 @@ def _validate(cfg: EvalConfig) -> None:
             budget_from_ratio(1, cfg.budget_ratio)  # raises on a ratio outside (0, 1]
     elif cfg.budget_ratio is not None or cfg.budget_from is not None:
         raise ConfigError(f"a token budget applies to the baselines {list(BASELINE_MODES)}, not to mode {cfg.mode}")
+    if cfg.grounding not in ("short", "full"):
+        raise ConfigError(f"grounding must be 'short' or 'full', got {cfg.grounding!r}")
     if cfg.prompt_style not in ("vitos", "benchmark", "medevalkit"):
         raise ConfigError(f"prompt_style must be 'vitos', 'benchmark' or 'medevalkit', got {cfg.prompt_style!r}")
     if cfg.protocol not in PROTOCOLS:
@@ -447,7 +454,7 @@ def _run_batch(
     encoded = encode(adapter, [load_sample_images(s) for s in samples])
     targets: list[int | None] = [None] * len(samples)
     if cfg.mode == "vitos":
-        answers = run(adapter, samples, "vitos", cfg.prune, sampling, encoded=encoded)
+        answers = run(adapter, samples, "vitos", cfg.prune, sampling, encoded=encoded, grounding=cfg.grounding)
     else:
         texts = _answer_texts(cfg, bench, samples, encoded)
         keeps = None
@@ -632,6 +639,7 @@ def evaluate(
     scores["mode"] = cfg.mode
     scores["compat"] = cfg.compat
     scores["prompt_style"] = cfg.prompt_style
+    scores["grounding"] = cfg.grounding if cfg.mode == "vitos" else None
     scores["judge"] = _judge_label(cfg)
     scores["protocol"] = cfg.protocol
     for key in ("slake_languages", "mmmu_images", "medxpertqa_choices", "max_new_tokens"):
