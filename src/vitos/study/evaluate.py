@@ -84,8 +84,10 @@ def evaluate_mode(adapter: Any, samples: list[Any], images: list[list[Any]], mod
             "boxes": a.boxes,
             "iou": box_iou(a.boxes, smp.boxes) if mode == "vitos" and keeps is None else None,
             # The grounding pass also answers, from ALL visual tokens: a second full-token figure.
+            # (None when it was cut after its boxes: pipeline.run(grounding="short") writes no answer)
             "grounding_correct": (judge(parse_output(a.grounding_text, "grounding").answer or "", smp).correct
-                                  if a.grounding_text is not None else None),
+                                  if a.grounding_text is not None and getattr(a, "grounding", None) != "short"
+                                  else None),
             "visual_tokens_kept": a.visual_tokens_kept,
             "visual_tokens_total": a.visual_tokens_total,
             "fallback": a.fallback,
