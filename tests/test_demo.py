@@ -190,7 +190,7 @@ def test_baseline_masks_keep_exactly_the_budget_per_image():
         assert kept == ([6, 1] if name == "visionzip" else [10, 3])
     centre = baseline_keeps("center", enc[:1], [4], seed=0)[0][0]
     assert centre[3:5, 3:5].all()  # the four cells around the image centre
-    with pytest.raises(ValueError, match="unknown demo baseline"):
+    with pytest.raises(ValueError, match="unknown baseline"):
         baseline_keeps("fastv", enc, [10, 3], seed=0)
 
 
