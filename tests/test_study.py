@@ -160,3 +160,34 @@ def test_fastv_keeps_meet_each_budget_and_do_not_depend_on_the_batching(sensitiv
         p = sensitive_adapter.build_prompt(sparse_prompt(t.question, t.options, t.kind, 1), e)
         alone = fastv_keep(sensitive_adapter, [assemble(sensitive_adapter, p, e)], [p.image_spans], [[e[0].grid_hw]], [b])
         assert torch.equal(alone[0][0], m[0])
+
+
+def test_study_variants_parse_names_and_fall_back_to_the_product():
+    """The one-factor-at-a-time default parses to (schedule, cross, iou); [] gives the product; a typo is a
+    ConfigError, not a KeyError deep in the trainer."""
+    from vitos.config import ConfigError
+    from vitos.study.run import StudyConfig, study_variants
+
+    cfg = StudyConfig()
+    assert study_variants(cfg)[0] == ("interleaved", True, True)
+    assert ("interleaved", True, False) in study_variants(cfg) and len(study_variants(cfg)) == 5
+    prod = study_variants(StudyConfig(variants=[], schedules=["joint"], cross_feedback=[True, False], iou_reward=[False]))
+    assert prod == [("joint", True, False), ("joint", False, False)]
+    with pytest.raises(ConfigError, match="interleaved\\+cross\\+iou"):
+        study_variants(StudyConfig(variants=["interleaved+crossfeedback+iou"]))
+
+
+def test_comparison_pairs_cover_each_ablation_of_the_main_variant():
+    from vitos.study.report import comparison_pairs
+
+    labels = [p[0] for p in comparison_pairs(_default_variants())]
+    for want in ("interleaved+cross+iou: sequential vs joint", "stagewise+cross+iou: sequential vs joint",
+                 "interleaved+cross+iou: cross-feedback on vs off", "interleaved+cross+iou: IoU reward on vs off"):
+        assert want in labels
+    assert not any("nocross+iou: cross-feedback" in lab or "noiou: IoU" in lab for lab in labels)
+
+
+def _default_variants() -> list[str]:
+    from vitos.study.run import StudyConfig
+
+    return StudyConfig().variants

@@ -68,8 +68,8 @@ def variant_name(schedule: str, cross: bool, iou: bool) -> str:
 
 def comparison_pairs(variants: list[str]) -> list[tuple[str, str, str]]:
     """(label, row a, row b) of every paired test between the given variants' rows: per variant after RL vs
-    warm start, ViToS vs center, ViToS vs constant box; a sequential schedule vs joint and cross-feedback on
-    vs off where the other variant is among `variants`."""
+    warm start, ViToS vs center, ViToS vs constant box; a sequential schedule vs joint, cross-feedback on
+    vs off and IoU reward on vs off where the other variant is among `variants`."""
     names = set(variants)
     pairs = []
     for v in sorted(names):
@@ -81,6 +81,8 @@ def comparison_pairs(variants: list[str]) -> list[tuple[str, str, str]]:
             pairs.append((f"{v}: sequential vs joint", f"{v}/vitos", f"joint+{cross}+{iou}/vitos"))
         if cross == "cross" and f"{sch}+nocross+{iou}" in names:
             pairs.append((f"{v}: cross-feedback on vs off", f"{v}/vitos", f"{sch}+nocross+{iou}/vitos"))
+        if iou == "iou" and f"{sch}+{cross}+noiou" in names:
+            pairs.append((f"{v}: IoU reward on vs off", f"{v}/vitos", f"{sch}+{cross}+noiou/vitos"))
     return pairs
 
 
