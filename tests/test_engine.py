@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import original_positions, plant_decode_after_length, random_image, reindexed
-from vitos.engine import SamplingConfig, completion_logprobs, generate
+from vitos.engine import SamplingConfig, completion_logprobs, generate, group_rows
 from vitos.pruning.boxes import boxes_to_keep_mask
 from vitos.pruning.sparse import assemble, collate, next_positions
 
@@ -302,3 +302,126 @@ def test_completion_logprobs_check_notices_wrong_positions(sensitive_adapter, pl
     with torch.no_grad():
         pairs, *_ = _completion_vs_reference(sensitive_adapter, reindexed if plant == "reindexed" else _same)
     assert max((logp - ref).abs().max().item() for logp, ref in pairs) > 0.1  # nats; the real check allows 1e-5
+
+
+# ------------------------------------------------------------------ rollouts without repeated work
+class _Eos:
+    """The adapter with another EOS set: makes rows of a random model finish at different steps."""
+
+    def __init__(self, adapter, eos: list[int]):
+        self._a, self._eos = adapter, eos
+
+    def __getattr__(self, name):
+        return getattr(self._a, name)
+
+    @property
+    def eos_token_ids(self):
+        return self._eos
+
+
+def _pruned_seqs(ad, n: int = 3):
+    images = [random_image(224, 224, 10 + i) for i in range(n)]
+    questions = ["Is there a mass?", "Where is the lesion located in this image?", "Normal?"][:n]
+    with torch.no_grad():
+        enc = ad.encode_images(images)
+        seqs = []
+        for i, (e, q) in enumerate(zip(enc, questions)):
+            keep = boxes_to_keep_mask([[0.1 * i, 0.0, 0.6 + 0.1 * i, 0.7]], e.grid_hw)
+            seqs.append(assemble(ad, ad.build_prompt(q, [e]), [e], [keep], fusion="merge"))
+    return seqs
+
+
+def _staggered_eos(ad, seqs, max_new: int) -> list[int]:
+    """An EOS set under which the rows' greedy completions end at different steps (one never does)."""
+    ref = generate(ad, seqs, SamplingConfig(max_new_tokens=max_new), kv_cache="dynamic", compact=False)
+    rows = [r.tolist() for r in ref.token_ids]
+    eos = [rows[0][2], rows[1][6]]  # row 0 ends by step 3, row 1 by step 7 unless it meets rows[0][2] first
+    if all(any(t in eos for t in r) for r in rows):
+        pytest.skip("every row meets the chosen EOS set; the fixture needs a row that runs to the limit")
+    return eos
+
+
+def _assert_same(a, b, what: str):
+    assert [x.tolist() for x in a.token_ids] == [x.tolist() for x in b.token_ids], what
+    assert a.stopped == b.stopped and a.stop_reasons == b.stop_reasons, what
+    for x, y in zip(a.logprobs, b.logprobs):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+
+
+def test_static_cache_and_compaction_match_the_dynamic_reference(sensitive_adapter):
+    """Preallocated cache + finished rows leaving the batch == the concatenating, fixed-batch engine: same
+    tokens, same stop reasons, log-probs within 1e-5, with rows that end at different steps."""
+    seqs = _pruned_seqs(sensitive_adapter)
+    ad = _Eos(sensitive_adapter, _staggered_eos(sensitive_adapter, seqs, 12))
+    cfg = SamplingConfig(max_new_tokens=12)
+    ref = generate(ad, seqs, cfg, kv_cache="dynamic", compact=False)
+    lengths = sorted(len(r) for r in ref.token_ids)
+    assert lengths[0] < lengths[-1] == 12  # rows really end at different steps, one at the limit
+    for kv in ("static", "dynamic"):
+        for compact in (True, False):
+            _assert_same(generate(ad, seqs, cfg, kv_cache=kv, compact=compact), ref, f"{kv}, compact={compact}")
+
+
+def test_compaction_check_notices_rows_mixed_up(sensitive_adapter, monkeypatch):
+    """Liveness: a cache whose compaction keeps the wrong rows' keys / values fails the check above."""
+    import vitos.engine
+
+    seqs = _pruned_seqs(sensitive_adapter)
+    ad = _Eos(sensitive_adapter, _staggered_eos(sensitive_adapter, seqs, 12))
+    cfg = SamplingConfig(max_new_tokens=12)
+    ref = generate(ad, seqs, cfg, kv_cache="dynamic", compact=False)
+    make = vitos.engine._new_cache
+
+    def wrong_rows(adapter, kind, max_len):
+        cache = make(adapter, kind, max_len)
+        keep = cache.reorder_cache
+
+        def reorder(idx):  # a shrinking selection keeps the FIRST rows' cache instead of the live ones'
+            return keep(idx if idx.numel() >= cache.layers[0].keys.shape[0] else torch.arange(idx.numel()))
+        cache.reorder_cache = reorder
+        return cache
+
+    monkeypatch.setattr(vitos.engine, "_new_cache", wrong_rows)
+    got = generate(ad, seqs, cfg, compact=True)
+    assert [x.tolist() for x in got.token_ids] != [x.tolist() for x in ref.token_ids]
+
+
+def test_one_prefill_per_prompt_equals_repeating_the_prompt(sensitive_adapter):
+    """samples_per_seq = n: row i * n + j is sample j of seqs[i], as if every prompt were passed n times — the
+    same tokens under greedy decoding and, drawn from one generator seed, under sampling (log-probs <= 1e-5)."""
+    seqs = _pruned_seqs(sensitive_adapter)
+    n = 3
+    repeated = [s for s in seqs for _ in range(n)]
+    greedy = SamplingConfig(max_new_tokens=8)
+    _assert_same(generate(sensitive_adapter, seqs, greedy, samples_per_seq=n),
+                 generate(sensitive_adapter, repeated, greedy, kv_cache="dynamic", compact=False), "greedy")
+    hot = SamplingConfig(max_new_tokens=8, temperature=1.5)
+    a = generate(sensitive_adapter, seqs, hot, torch.Generator().manual_seed(3), samples_per_seq=n, compact=False)
+    b = generate(sensitive_adapter, repeated, hot, torch.Generator().manual_seed(3), kv_cache="dynamic", compact=False)
+    _assert_same(a, b, "sampled")
+    assert len({tuple(x.tolist()) for x in a.token_ids[:n]}) > 1  # the n samples of one prompt differ
+
+
+def test_one_prefill_check_notices_groups_in_the_wrong_order(sensitive_adapter, monkeypatch):
+    """Liveness: rows laid out 0,1,2,0,1,2 instead of 0,0,1,1,2,2 (`group_rows`) put other prompts' samples
+    in a group, and the check above fails."""
+    seqs = _pruned_seqs(sensitive_adapter)
+    greedy = SamplingConfig(max_new_tokens=8)
+    ref = generate(sensitive_adapter, [s for s in seqs for _ in range(3)], greedy, kv_cache="dynamic", compact=False)
+    import vitos.engine
+
+    monkeypatch.setattr(vitos.engine, "group_rows", lambda n_prompts, n: torch.arange(n_prompts).repeat(n))
+    got = generate(sensitive_adapter, seqs, greedy, samples_per_seq=3)
+    assert [x.tolist() for x in got.token_ids] != [x.tolist() for x in ref.token_ids]
+
+
+def test_generate_rejects_unknown_cache_and_zero_samples(tiny_adapter):
+    seqs = _pruned_seqs(tiny_adapter, 1)
+    with pytest.raises(ValueError, match="kv_cache='paged'"):
+        generate(tiny_adapter, seqs, SamplingConfig(max_new_tokens=2), kv_cache="paged")
+    with pytest.raises(ValueError, match="samples_per_seq must be >= 1"):
+        generate(tiny_adapter, seqs, SamplingConfig(max_new_tokens=2), samples_per_seq=0)
+
+
+def test_group_rows_hand_computed():
+    assert group_rows(3, 2).tolist() == [0, 0, 1, 1, 2, 2] and group_rows(2, 1).tolist() == [0, 1]

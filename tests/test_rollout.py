@@ -175,10 +175,13 @@ def test_sparse_rollouts_see_only_the_tokens_their_parent_boxes_keep(tiny_adapte
     samples = _phantom(1)
     texts = ["<think>t</think><box>[[0.0,0.0,0.5,0.5]]</box><answer>yes</answer>", "<answer>no</answer>"]
 
-    def fake_generate(adapter, seqs, sampling=None, generator=None):  # grounding: fixed texts, sparse: real
-        if len(seqs) == 2:
+    calls = []
+
+    def fake_generate(adapter, seqs, sampling=None, generator=None, samples_per_seq=1):  # grounding: fixed texts
+        calls.append((len(seqs), samples_per_seq))
+        if len(calls) == 1:  # the grounding call: 1 question, its G = 2 samples from one prefill
             return Generation([torch.tensor([5, 6])] * 2, texts, [True, True])
-        return real_generate(adapter, seqs, sampling, generator)
+        return real_generate(adapter, seqs, sampling, generator, samples_per_seq=samples_per_seq)
 
     real_generate = ro.generate
     monkeypatch.setattr(ro, "generate", fake_generate)
@@ -190,3 +193,4 @@ def test_sparse_rollouts_see_only_the_tokens_their_parent_boxes_keep(tiny_adapte
     assert unboxed.keeps == [None] and "no <box>" in unboxed.fallback
     assert [o.n_visual_kept for o in step.sparse] == [(h // 2) * (w // 2)] * 2 + [h * w] * 2
     assert all(o.n_visual_total == h * w for o in step.sparse)
+    assert calls == [(1, 2), (2, 2)]  # one prefill per question, then one per grounding rollout

@@ -73,7 +73,8 @@ def test_full_grounding_still_writes_its_own_answer(warm, phantom_test):
 # ------------------------------------------------------------------------------ planted completions
 class Planted:
     """An adapter whose next-token logits are a one-hot of plans[row][step] (then `filler` forever): the real
-    model still runs every forward (cache, positions), only its logits are replaced."""
+    model still runs every forward (cache, positions), only its logits are replaced. Rows are batch rows, so
+    the generations below keep a fixed batch (`compact=False`; compaction has its own tests in test_engine)."""
 
     def __init__(self, adapter, plans: list[list[int]], filler: int):
         self._a, self.plans, self.filler, self.step = adapter, plans, filler, 0
@@ -139,7 +140,7 @@ def test_rows_stop_independently_and_an_unclosed_row_runs_to_the_limit(sensitive
     seqs = _seqs(sensitive_adapter, 3)
 
     whole = generate(Planted(sensitive_adapter, plans, filler), seqs, cfg)
-    cut = generate(Planted(sensitive_adapter, plans, filler), seqs, cfg, stop_strings=GROUNDING_STOP)
+    cut = generate(Planted(sensitive_adapter, plans, filler), seqs, cfg, stop_strings=GROUNDING_STOP, compact=False)
     assert [len(x) for x in whole.token_ids] == [n, n, n] and whole.stop_reasons == ["length"] * 3
 
     k_early, k_late = _end_of(tok, early, "</box>"), _end_of(tok, late, "</box>")
@@ -162,6 +163,6 @@ def test_a_stop_string_of_many_tokens_and_eos_first(sensitive_adapter):
     assert len(_ids(tok, stop)) >= 4
     cfg = SamplingConfig(max_new_tokens=len(plan) + 5)
     gen = generate(Planted(sensitive_adapter, [plan, eos_plan], filler), _seqs(sensitive_adapter, 2), cfg,
-                   stop_strings=(stop, "never written"))
+                   stop_strings=(stop, "never written"), compact=False)
     assert len(gen.token_ids[0]) == _end_of(tok, plan, stop) and gen.texts[0].endswith(stop)
     assert gen.token_ids[1].tolist() == eos_plan and gen.stop_reasons == ["stop_string", "eos"]

@@ -104,6 +104,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     require_ranges(prune, names={"margin": "--margin", "min_keep": "--min-keep"})
     require_ranges(sampling, names={"max_new_tokens": "--max-new-tokens", "temperature": "--temperature"})
     options = parse_options(args.options)
+    if args.boxes is not None and args.mode == "vitos-evict":
+        raise SystemExit("vitos infer: error: --boxes replaces the grounding pass, which --mode vitos-evict answers "
+                         "in; use --mode vitos with --boxes")
     if args.overlay:
         check_overlay_path(args.overlay, args.image, args.model)
     # After every check (a refused flag stays a one-line error), before the slow part: 20-45 s on a CPU for a 7B.
@@ -157,8 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiple choice: 'A=text,B=text' or 'text|text|text' (default: none, not multiple choice)")
     i.add_argument("--kind", choices=["yes_no", "choice", "open"], default=None,
                    help="answer style (default: choice with --options, else open)")
-    i.add_argument("--mode", choices=["vitos", "full"], default="vitos",
-                   help="vitos: ground -> prune -> answer; full: answer on every visual token (default: vitos)")
+    i.add_argument("--mode", choices=["vitos", "full", "vitos-evict"], default="vitos",
+                   help="vitos: ground -> prune -> answer; full: answer on every visual token; vitos-evict: one "
+                        "prefill, the pruned tokens evicted from the KV cache after the boxes (an approximation of "
+                        "vitos, docs/speed.md) (default: vitos)")
     i.add_argument("--json", action="store_true", help="print a JSON record (default: readable text)")
     i.add_argument("--overlay", default=None,
                    help="write a PNG with boxes and the kept-token grid to this path (default: none)")

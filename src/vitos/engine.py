@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +204,68 @@ def _pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator 
     return torch.multinomial(probs.to(gen_device), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
+KV_CACHES = ("static", "dynamic")
+"""`generate(kv_cache=...)`: "static" (default) preallocates every layer's keys / values for prompt +
+max_new_tokens and writes each step in place (transformers' StaticCache; masking pads the 2-D mask with
+zeros over the unwritten slots); "dynamic" grows them by concatenation every step (DynamicCache: a copy of
+the whole cache per token, per layer), the reference the tests compare against."""
+
+
+def _new_cache(adapter: ModelAdapter, kind: str, max_len: int):
+    """An empty KV cache of `kind` (KV_CACHES) for the adapter's language model, `max_len` tokens long."""
+    from transformers import DynamicCache, StaticCache
+
+    text_cfg = adapter.model.config.get_text_config()
+    if kind == "static":
+        return StaticCache(config=text_cfg, max_cache_len=max_len)
+    if kind == "dynamic":
+        return DynamicCache(config=text_cfg)
+    raise ValueError(f"kv_cache={kind!r}: expected one of {KV_CACHES}")
+
+
+def group_rows(n_prompts: int, n: int) -> torch.Tensor:
+    """(n_prompts * n,) prompt index of each generated row: prompt i's n samples are rows i * n .. i * n + n - 1
+    (0, 0, 1, 1, ... for n = 2), the layout of passing every prompt n times in a row."""
+    return torch.arange(n_prompts).repeat_interleave(n)
+
+
+@dataclass
+class DecodeState:
+    """A batch between two forwards: its KV cache and what the next decode step needs (`prefill`, `decode`).
+    A = rows still in the cache (`alive`), B = rows of the batch."""
+
+    cache: Any
+    """The transformers Cache (StaticCache or DynamicCache) of the A rows."""
+    logits: torch.Tensor
+    """(A, 1, V) next-token logits of the A rows."""
+    mask: torch.Tensor
+    """(A, Lc) attention mask over the cache's Lc columns (0 = padding or evicted)."""
+    nxt: torch.Tensor
+    """(B,) position of each row's generated token 0 (the next one is at nxt + tokens generated)."""
+    alive: torch.Tensor
+    """(A,) batch row (0..B-1) of each cache row."""
+    fed: int = 0
+    """Generated tokens fed back so far (`decode` steps): cache column Lc - fed + k holds generated token k."""
+
+
+def prefill(adapter: ModelAdapter, seqs: list[SequenceInputs], max_new_tokens: int, kv_cache: str = "static",
+            samples_per_seq: int = 1) -> DecodeState:
+    """Prefill the left-padded batch of `seqs` once; with samples_per_seq = n the cache rows of each prompt are
+    then repeated n times (row i * n + j = sample j of seqs[i], `group_rows`)."""
+    if samples_per_seq < 1:
+        raise ValueError(f"samples_per_seq must be >= 1, got {samples_per_seq}")
+    embeds, positions, mask = collate(seqs)  # (B0, L, D), (P, B0, L), (B0, L)
+    device = embeds.device
+    cache = _new_cache(adapter, kv_cache, mask.shape[1] + max_new_tokens)
+    logits, cache = adapter.lm_forward(embeds, positions, mask, cache, logits_to_keep=1)  # (B0, 1, V)
+    nxt = next_positions(positions, mask)  # (B0,)
+    if samples_per_seq > 1:  # one prefill per distinct prompt, its cache rows repeated for the group
+        rep = group_rows(embeds.shape[0], samples_per_seq).to(device)  # (B,)
+        cache.reorder_cache(rep)
+        logits, mask, nxt = logits[rep], mask[rep], nxt[rep]
+    return DecodeState(cache, logits, mask, nxt, torch.arange(logits.shape[0], device=device))
+
+
 @torch.no_grad()
 def generate(
     adapter: ModelAdapter,
@@ -212,66 +274,145 @@ def generate(
     generator: torch.Generator | None = None,
     sync: Callable[[bool], bool] | None = None,
     stop_strings: Sequence[str] = (),
+    samples_per_seq: int = 1,
+    kv_cache: str = "static",
+    compact: bool = True,
 ) -> Generation:
-    """Decode a batch of assembled sequences with a KV cache.
+    """Decode a batch of assembled sequences with a KV cache: `prefill`, then `decode`.
+
+    samples_per_seq: n completions per sequence (a rollout group): each distinct prompt is prefilled ONCE and
+    its cache rows repeated n times; the result has len(seqs) * n rows, row i * n + j = sample j of seqs[i]
+    (what passing every sequence n times would give, without n prefills).
 
     stop_strings: a row stops (like at EOS, but its completion has no EOS) at the first token after which
-    its decoded tail contains one of them; checked per row, so rows stop independently (a finished row is
-    fed pad tokens and counts no more tokens). Empty (the default, and training): EOS / max_new_tokens only.
+    its decoded tail contains one of them; checked per row, so rows stop independently. Empty (the default,
+    and training): EOS / max_new_tokens only.
+
+    kv_cache: "static" (preallocated, written in place) or "dynamic" (grown by concatenation); KV_CACHES.
+    compact: a finished row leaves the batch (its cache rows are dropped, `Cache.reorder_cache`) at the step
+    it finishes, so the remaining rows decode alone; False keeps feeding it pad tokens (the reference).
+    Neither changes a generated token beyond float rounding of a smaller batch (tests/test_engine.py).
 
     sync: for sharded weights (FSDP, ZeRO-3) every rank must make the same number of forward calls;
     `sync(local_done) -> all_done` is called once per token and the loop runs until every rank is done
-    (finished rows keep feeding pad tokens, as transformers' `synced_gpus`). None: the adapter's own
-    `generation_sync` (the trainer's `PolicyView` sets it under sharded weights), else stop when local rows are.
+    (a rank whose rows have all finished keeps one of them in the batch, fed pad tokens, as transformers'
+    `synced_gpus`). None: the adapter's own `generation_sync` (the trainer's `PolicyView` sets it under
+    sharded weights), else stop when local rows are. One host sync per token remains (`done` read to stop,
+    to compact and to check stop strings); the decode step's forward dominates it at any real model size.
     """
-    sync = sync if sync is not None else getattr(adapter, "generation_sync", None)
-    from transformers import DynamicCache
-
     cfg = sampling or SamplingConfig()
-    embeds, positions, mask = collate(seqs)  # (B, L, D), (P, B, L), (B, L)
-    b = embeds.shape[0]
-    device = embeds.device
-    nxt = next_positions(positions, mask)  # (B,)
+    state = prefill(adapter, seqs, cfg.max_new_tokens, kv_cache, samples_per_seq)
+    return decode(adapter, state, cfg, generator, sync, stop_strings, compact)
+
+
+@torch.no_grad()
+def decode(
+    adapter: ModelAdapter,
+    state: DecodeState,
+    sampling: SamplingConfig | None = None,
+    generator: torch.Generator | None = None,
+    sync: Callable[[bool], bool] | None = None,
+    stop_strings: Sequence[str] = (),
+    compact: bool = True,
+) -> Generation:
+    """Sample up to max_new_tokens per row from `state` (see `generate` for the arguments). `state` is left
+    as the loop ends (its cache holds the fed tokens, `state.fed` counts them), so a caller may change the
+    cache and decode on (`vitos.single_pass`)."""
+    sync = sync if sync is not None else getattr(adapter, "generation_sync", None)
+    cfg = sampling or SamplingConfig()
+    device = state.logits.device
+    n_rows = adapter.num_position_rows
     suppressed = torch.tensor(adapter.suppressed_token_ids, dtype=torch.long, device=device)
     eos = torch.tensor(adapter.eos_token_ids, dtype=torch.long, device=device)
     pad_id = adapter.pad_token_id
     stop_strings = [s for s in stop_strings if s]
     window = max((len(s) for s in stop_strings), default=0) + STOP_TAIL_SLACK  # tail ids decoded per live row
 
-    cache = DynamicCache(config=adapter.model.config.get_text_config())
-    logits, cache = adapter.lm_forward(embeds, positions, mask, cache, logits_to_keep=1)  # (B, 1, V)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
+    b = state.nxt.shape[0]
+    done = torch.ones(b, dtype=torch.bool, device=device)  # (B,) rows not in the cache count as done
+    done[state.alive] = False
     out = torch.full((b, cfg.max_new_tokens), pad_id, dtype=torch.long, device=device)
     out_lp = torch.zeros(b, cfg.max_new_tokens, dtype=torch.float32, device=device)
-    lengths = torch.full((b,), cfg.max_new_tokens, dtype=torch.long, device=device)
+    lengths = torch.zeros(b, dtype=torch.long, device=device)
+    lengths[state.alive] = cfg.max_new_tokens
     by_stop = torch.zeros(b, dtype=torch.bool, device=device)  # (B,) rows ended by a stop string
+    ended = torch.zeros(b, dtype=torch.bool, device=device)  # (B,) rows that ended by EOS or a stop string
     for t in range(cfg.max_new_tokens):
-        step_logits = logits[:, -1].float()  # (B, V)
+        alive = state.alive
+        step_logits = state.logits[:, -1].float()  # (A, V)
         if suppressed.numel():
             step_logits[:, suppressed] = float("-inf")
-        tok = _pick(step_logits, cfg, generator)  # (B,)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        out[:, t] = tok
-        out_lp[:, t] = token_logprobs(step_logits, cfg.temperature).gather(-1, tok[:, None]).squeeze(-1)  # (B,)
-        hit_eos = torch.isin(tok, eos) & ~done  # (B,)
-        hit = hit_eos
+        was_done = done[alive]  # (A,)
+        tok = _pick(step_logits, cfg, generator)  # (A,)
+        tok = torch.where(was_done, torch.full_like(tok, pad_id), tok)
+        out[alive, t] = tok
+        out_lp[alive, t] = token_logprobs(step_logits, cfg.temperature).gather(-1, tok[:, None]).squeeze(-1)
+        hit = torch.isin(tok, eos) & ~was_done  # (A,)
         if stop_strings:
-            hit_stop = _stop_hits(adapter.tokenizer, out, t, ~done & ~hit_eos, stop_strings, window)  # (B,)
-            by_stop |= hit_stop
-            hit = hit_eos | hit_stop
-        lengths = torch.where(hit, torch.full_like(lengths, t + 1), lengths)  # (B,)
-        done |= hit
+            live = torch.zeros(b, dtype=torch.bool, device=device)
+            live[alive] = ~was_done & ~hit
+            hit_stop = _stop_hits(adapter.tokenizer, out, t, live, stop_strings, window)[alive]  # (A,)
+            by_stop[alive] |= hit_stop
+            hit = hit | hit_stop
+        lengths[alive] = torch.where(hit, torch.full_like(tok, t + 1), lengths[alive])
+        ended[alive] |= hit
+        done[alive] = was_done | hit
         local_done = bool(done.all())
         if (sync(local_done) if sync is not None else local_done) or t == cfg.max_new_tokens - 1:
             break
-        step_pos = (nxt + t).view(1, b, 1).expand(positions.shape[0], b, 1)  # (P, B, 1)
-        mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype, device=device)], dim=1)  # (B, L + t + 1)
-        logits, cache = adapter.lm_forward(adapter.embed_tokens(tok[:, None]), step_pos, mask, cache)
+        if compact and bool(done[alive].any()):  # finished rows leave the batch (one stays if all did: sync)
+            stay = (~done[alive]).nonzero().flatten()  # (A',)
+            stay = stay if stay.numel() else torch.zeros(1, dtype=torch.long, device=device)
+            if stay.numel() < alive.numel():
+                state.cache.reorder_cache(stay)
+                state.alive, state.mask, tok = alive[stay], state.mask[stay], tok[stay]
+        a = state.alive.numel()
+        step_pos = (state.nxt[state.alive] + t).view(1, a, 1).expand(n_rows, a, 1)  # (P, A, 1)
+        state.mask = torch.cat([state.mask, torch.ones(a, 1, dtype=state.mask.dtype, device=device)], dim=1)
+        state.logits, state.cache = adapter.lm_forward(adapter.embed_tokens(tok[:, None]), step_pos, state.mask,
+                                                       state.cache)
+        state.fed = t + 1
     token_ids = [out[i, : int(lengths[i])].cpu() for i in range(b)]
     logprobs = [out_lp[i, : int(lengths[i])].cpu() for i in range(b)]
     texts = adapter.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
-    reasons = ["stop_string" if s else "eos" if d else "length" for d, s in zip(done.tolist(), by_stop.tolist())]
-    return Generation(token_ids, texts, done.cpu().tolist(), logprobs, reasons)
+    reasons = ["stop_string" if s else "eos" if e else "length" for e, s in zip(ended.tolist(), by_stop.tolist())]
+    return Generation(token_ids, texts, ended.cpu().tolist(), logprobs, reasons)
+
+
+def evict(state: DecodeState, keep: torch.Tensor) -> None:
+    """Drop cache columns in place: (A, Lc) bool `keep` per cache row; each row's kept columns move to the
+    right end (left padding, mask 0), so rows with different counts share one (A, Lk) cache. Only a
+    DynamicCache can shrink (`prefill(kv_cache="dynamic")`)."""
+    from transformers import DynamicCache
+
+    if not isinstance(state.cache, DynamicCache):
+        raise TypeError("evict needs a DynamicCache: prefill(..., kv_cache='dynamic')")
+    if tuple(keep.shape) != tuple(state.mask.shape):
+        raise ValueError(f"keep {tuple(keep.shape)} must match the cache mask {tuple(state.mask.shape)}")
+    keep = keep.bool() & state.mask.bool()  # (A, Lc) a padding column is never kept
+    counts = keep.sum(1)  # (A,)
+    lk = int(counts.max())
+    # target column of each kept entry: right-aligned, in order
+    dest = lk - counts[:, None] + keep.long().cumsum(1) - 1  # (A, Lc), valid where keep
+    rows, cols = keep.nonzero(as_tuple=True)  # (N,), (N,)
+    for layer in state.cache.layers:
+        for name in ("keys", "values"):
+            old = getattr(layer, name)  # (A, H, Lc, hd)
+            new = old.new_zeros(old.shape[0], old.shape[1], lk, old.shape[3])  # (A, H, Lk, hd)
+            new[rows, :, dest[rows, cols]] = old[rows, :, cols]
+            setattr(layer, name, new)
+    mask = torch.zeros(keep.shape[0], lk, dtype=state.mask.dtype, device=state.mask.device)  # (A, Lk)
+    mask[rows, dest[rows, cols]] = 1
+    state.mask = mask
+
+
+def append(adapter: ModelAdapter, state: DecodeState, embeds: torch.Tensor, positions: torch.Tensor,
+           block_mask: torch.Tensor) -> None:
+    """Feed a block of tokens to every cache row, in place: (A, La, D) embeddings at (P, A, La) positions,
+    (A, La) mask (0 = a row's padding inside the block); `state.logits` becomes the block's last column's."""
+    state.mask = torch.cat([state.mask, block_mask.to(state.mask.dtype)], dim=1)  # (A, Lk + La)
+    logits, state.cache = adapter.lm_forward(embeds, positions, state.mask, state.cache, logits_to_keep=1)
+    state.logits = logits  # (A, 1, V)
 
 
 def completion_logprobs(

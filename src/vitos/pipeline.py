@@ -12,7 +12,9 @@ or at the token limit: only the boxes are needed to prune, and the sparse pass g
 decoding the short output is a prefix of the full one, so boxes, kept tokens and answers are the same; only
 the grounding branch's own answer is missing (`Answer.grounding`, and its accuracy is unavailable).
 
-Modes: `full` answers in one pass on all visual tokens (the baseline); `vitos` runs the two stages above.
+Modes: `full` answers in one pass on all visual tokens (the baseline); `vitos` runs the two stages above;
+`vitos-evict` grounds and answers after one prefill, evicting the pruned tokens from the KV cache after the
+boxes (vitos.single_pass: an approximation of `vitos`, measured against it in docs/speed.md).
 Any grounding output that yields no usable box (no tag, unparseable, out of range) falls back to keeping
 every token of that image, and the reason is returned in `fallback` — never an exception.
 """
@@ -34,7 +36,8 @@ from vitos.prompts import ParsedOutput, grounding_prompt, parse_output, sparse_p
 from vitos.pruning.boxes import boxes_to_keep_mask, image_box_to_grid_box
 from vitos.pruning.sparse import SequenceInputs, assemble
 
-Mode = Literal["full", "vitos"]
+Mode = Literal["full", "vitos", "vitos-evict"]
+PIPELINE_MODES = ("full", "vitos", "vitos-evict")
 Grounding = Literal["short", "full"]
 GROUNDINGS = ("short", "full")
 GROUNDING_STOP = ("</box>",)
@@ -163,6 +166,8 @@ def run(
     the grounding pass stops after its `</box>`; the module docstring)."""
     if grounding not in GROUNDINGS:
         raise ValueError(f"unknown grounding {grounding!r}; use 'short' or 'full'")
+    if mode not in PIPELINE_MODES:
+        raise ValueError(f"unknown mode {mode!r}; use one of {PIPELINE_MODES}")
     prune = prune or PruneConfig()
     sampling = sampling or SamplingConfig()
     if answer_prompts is not None and len(answer_prompts) != len(samples):
@@ -202,8 +207,11 @@ def run(
             masks, fallbacks[i] = keep_masks(parsed[i], enc, prune)
             keeps.append(masks)
         t["prune"] = (time.perf_counter() - t0) * 1e3
-    else:
-        raise ValueError(f"unknown mode {mode!r}; use 'full' or 'vitos'")
+    elif mode == "vitos-evict":
+        if given_boxes is not None or answer_prompts is not None:
+            raise ValueError("mode 'vitos-evict' answers in the grounding pass's own conversation: given boxes and "
+                             "answer prompts need mode 'vitos'")
+        return _run_evict(adapter, samples, encoded, prune, sampling, t)
 
     t0 = time.perf_counter()
     seqs = _prompt_seqs(adapter, samples, encoded, sparse_prompt, keeps, prune, texts=answer_prompts)
@@ -231,4 +239,37 @@ def run(
                 timings_ms=dict(t),
             )
         )
+    return results
+
+
+def _run_evict(adapter: ModelAdapter, samples: list[Sample], encoded: list[list[EncodedImage]], prune: PruneConfig,
+               sampling: SamplingConfig, t: dict[str, float]) -> list[Answer]:
+    """mode="vitos-evict": vitos.single_pass on the grounding prompts; the answer is the <answer> of the
+    grounding output continued after its boxes."""
+    from vitos.single_pass import run_single_pass
+
+    parsed: list[ParsedOutput | None] = [None] * len(samples)
+    fallbacks: list[str | None] = [None] * len(samples)
+
+    def keeps_for(i: int, text: str) -> list[torch.Tensor | None]:
+        parsed[i] = parse_output(text, "grounding", n_images=len(encoded[i]))
+        masks, fallbacks[i] = keep_masks(parsed[i], encoded[i], prune)
+        return masks
+
+    t0 = time.perf_counter()
+    prompts = [adapter.build_prompt(grounding_prompt(s.question, s.options, s.kind, max(1, len(e))), e)
+               for s, e in zip(samples, encoded)]
+    outs = run_single_pass(adapter, prompts, encoded, keeps_for, sampling, prune.fusion, prune.num_contextual)
+    t["single_pass"] = (time.perf_counter() - t0) * 1e3
+    results = []
+    for i, o in enumerate(outs):
+        p = parsed[i]
+        used = p is not None and p.boxes is not None
+        results.append(Answer(
+            answer=parse_output(o.grounding_text + o.answer_text, "grounding", n_images=len(encoded[i])).answer,
+            answer_text=o.answer_text, grounding_text=o.grounding_text, grounding="short",
+            grounding_tokens=o.grounding_tokens, boxes=list(p.boxes) if used else [],
+            box_images=list(p.box_images or []) if used else [], fallback=fallbacks[i],
+            visual_tokens_total=sum(e.num_tokens for e in encoded[i]), visual_tokens_kept=o.visual_tokens_kept,
+            keep_masks=o.keeps, grid_regions=[e.grid_region for e in encoded[i]], timings_ms=dict(t)))
     return results

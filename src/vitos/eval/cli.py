@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="hub id or local model folder (required)")
     p.add_argument("--benchmarks", required=True, help=f"comma list of {', '.join(BENCHMARKS)} (required)")
     p.add_argument("--mode", choices=MODES, default="vitos",
-                   help="full (all tokens), vitos (ground -> prune -> answer) or a baseline (default: vitos)")
+                   help="full (all tokens), vitos (ground -> prune -> answer), vitos-evict (one prefill: the pruned "
+                        "tokens are evicted from the KV cache after the boxes; an approximation) or a baseline "
+                        "(default: vitos)")
     p.add_argument("--out", required=True,
                    help="output folder (required); rerunning into it resumes the same model and settings")
     p.add_argument("--limit", type=int, default=None, help="first N samples per benchmark (default: all)")

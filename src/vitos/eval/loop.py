@@ -113,7 +113,7 @@ __all__ = [
     "evaluate",
 ]
 
-MODES = ("full", "vitos") + BASELINE_MODES
+MODES = ("full", "vitos", "vitos-evict") + BASELINE_MODES
 
 RECORD_FIELDS = (
     "id", "benchmark", "mode", "question", "answer", "kind", "closed",
@@ -453,8 +453,8 @@ def _run_batch(
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     encoded = encode(adapter, [load_sample_images(s) for s in samples])
     targets: list[int | None] = [None] * len(samples)
-    if cfg.mode == "vitos":
-        answers = run(adapter, samples, "vitos", cfg.prune, sampling, encoded=encoded, grounding=cfg.grounding)
+    if cfg.mode in ("vitos", "vitos-evict"):  # vitos-evict: one prefill, pruned tokens evicted (vitos.single_pass)
+        answers = run(adapter, samples, cfg.mode, cfg.prune, sampling, encoded=encoded, grounding=cfg.grounding)
     else:
         texts = _answer_texts(cfg, bench, samples, encoded)
         keeps = None
@@ -639,7 +639,7 @@ def evaluate(
     scores["mode"] = cfg.mode
     scores["compat"] = cfg.compat
     scores["prompt_style"] = cfg.prompt_style
-    scores["grounding"] = cfg.grounding if cfg.mode == "vitos" else None
+    scores["grounding"] = cfg.grounding if cfg.mode == "vitos" else "short" if cfg.mode == "vitos-evict" else None
     scores["judge"] = _judge_label(cfg)
     scores["protocol"] = cfg.protocol
     for key in ("slake_languages", "mmmu_images", "medxpertqa_choices", "max_new_tokens"):

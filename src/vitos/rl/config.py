@@ -91,7 +91,8 @@ class RolloutSection:
     top_p: Annotated[float, Range(gt=0, le=1)] = 1.0
     """Nucleus sampling mass (1.0 = off)."""
     generation_batch_size: Annotated[int, Range(ge=0)] = 0
-    """Rows per `generate` call (0 = all rows of a branch at once); lower it when the KV cache does not fit."""
+    """Generated rows per `generate` call (0 = all rows of a branch at once; a prompt's G or G' samples share one
+    prefill and are never split, so a call holds at least one group); lower it when the KV cache does not fit."""
 
 
 @dataclass

@@ -146,14 +146,18 @@ def build_prompts(adapter: ModelAdapter, samples: list[Sample], encoded: list[li
     return out
 
 
-def _sample(adapter: ModelAdapter, seqs: list[SequenceInputs], cfg: RolloutSection, generator: torch.Generator | None):
-    """Generate completions for `seqs`, in chunks of cfg.generation_batch_size rows (0 = one call).
-    Returns per row: token ids (T,), text, stopped, sampling-time log-probs (T,)."""
+def _sample(adapter: ModelAdapter, seqs: list[SequenceInputs], n: int, cfg: RolloutSection,
+            generator: torch.Generator | None):
+    """n completions per distinct sequence (each prefilled once, `generate(samples_per_seq=n)`), in calls of
+    about cfg.generation_batch_size generated rows (0 = one call; at least one prompt's n per call).
+    Returns per generated row, in (sequence, sample) order: token ids (T,), text, stopped, sampling-time
+    log-probs (T,)."""
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-    size = cfg.generation_batch_size or len(seqs)
+    per_call = max(1, (cfg.generation_batch_size or len(seqs) * n) // n)  # prompts per generate call
     ids, texts, stopped, logprobs = [], [], [], []
-    for k in range(0, len(seqs), size):
-        gen = generate(adapter, seqs[k : k + size], sampling, generator)  # PolicyView: ranks step together when sharded
+    for k in range(0, len(seqs), per_call):
+        # PolicyView: ranks step together when sharded
+        gen = generate(adapter, seqs[k : k + per_call], sampling, generator, samples_per_seq=n)
         ids += gen.token_ids
         texts += gen.texts
         stopped += gen.stopped
@@ -164,14 +168,14 @@ def _sample(adapter: ModelAdapter, seqs: list[SequenceInputs], cfg: RolloutSecti
 @torch.no_grad()
 def sample_grounding(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection, prune: PruneConfig,
                      generator: torch.Generator | None) -> list[Rollout]:
-    """G rollouts per question on all visual tokens; each gets the keep masks its boxes imply."""
+    """G rollouts per question on all visual tokens (one prefill per question); each gets the keep masks its
+    boxes imply."""
     g = step.group_size
-    seqs, owners = [], []
-    for q, (prompts, enc) in enumerate(zip(step.prompts, step.encoded)):
-        seq = assemble(adapter, prompts["grounding"], enc, None, fusion=prune.fusion, num_contextual=prune.num_contextual)
-        seqs += [seq] * g
-        owners += [(q, i) for i in range(g)]
-    ids, texts, stopped, logprobs = _sample(adapter, seqs, cfg, generator)
+    prompts = [assemble(adapter, p["grounding"], enc, None, fusion=prune.fusion, num_contextual=prune.num_contextual)
+               for p, enc in zip(step.prompts, step.encoded)]
+    seqs = [seq for seq in prompts for _ in range(g)]
+    owners = [(q, i) for q in range(len(prompts)) for i in range(g)]
+    ids, texts, stopped, logprobs = _sample(adapter, prompts, g, cfg, generator)
     rows = []
     for (q, i), seq, tok, text, stop, lp in zip(owners, seqs, ids, texts, stopped, logprobs):
         enc = step.encoded[q]
@@ -184,15 +188,13 @@ def sample_grounding(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSect
 @torch.no_grad()
 def sample_sparse(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection, prune: PruneConfig,
                   generator: torch.Generator | None) -> list[Rollout]:
-    """G' rollouts per grounding rollout, on the tokens its boxes kept (+ fused ones)."""
+    """G' rollouts per grounding rollout, on the tokens its boxes kept (+ fused ones); one prefill each."""
     g2 = step.sparse_group_size
-    seqs, parents = [], []
-    for parent in step.grounding:
-        seq = assemble(adapter, step.prompts[parent.question]["sparse"], step.encoded[parent.question], parent.keeps,
-                       fusion=prune.fusion, num_contextual=prune.num_contextual)
-        seqs += [seq] * g2
-        parents += [parent] * g2
-    ids, texts, stopped, logprobs = _sample(adapter, seqs, cfg, generator)
+    prompts = [assemble(adapter, step.prompts[parent.question]["sparse"], step.encoded[parent.question], parent.keeps,
+                        fusion=prune.fusion, num_contextual=prune.num_contextual) for parent in step.grounding]
+    seqs = [seq for seq in prompts for _ in range(g2)]
+    parents = [parent for parent in step.grounding for _ in range(g2)]
+    ids, texts, stopped, logprobs = _sample(adapter, prompts, g2, cfg, generator)
     return [
         Rollout("sparse", p.question, p.parent, k % g2, text, tok, p.keeps, seq.n_visual_total, seq.n_visual_kept, stop,
                 sample_logprobs=lp)
