@@ -204,3 +204,27 @@ def test_mu_two_fixes_old_logprobs_so_ratios_move_and_clipping_fires(model_dir):
         assert out[f"{b}/logprob_diff_max"] <= 1e-4  # old log-probs are taken before the first step
         assert out[f"{b}/clip_frac_last_epoch"] > 0.0, out  # epochs 2 and 3 see ratios != 1 and clip
         assert out[f"{b}/ratio_max"] > 1.0 or out[f"{b}/ratio_min"] < 1.0
+
+
+def test_grads_cosine_equals_the_cosine_of_the_concatenated_gradients(monkeypatch):
+    """Per-parameter, chunked reduction == F.cosine_similarity of the two flattened vectors (None = zeros), in
+    bf16 too; a zero gradient gives None."""
+    import vitos.rl.update as U
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 5), (7,), (2, 2, 2)]
+    a = [torch.randn(s, generator=g) for s in shapes]
+    b = [torch.randn(s, generator=g) for s in shapes]
+    b[1] = None  # a parameter the second branch never reached
+    flat_a = torch.cat([x.flatten() for x in a])
+    flat_b = torch.cat([(y if y is not None else torch.zeros(s)).flatten() for y, s in zip(b, shapes)])
+    want = float(torch.nn.functional.cosine_similarity(flat_a.double(), flat_b.double(), dim=0))
+    monkeypatch.setattr(U, "COSINE_CHUNK", 4)  # several chunks per parameter
+    assert U.grads_cosine(a, b) == pytest.approx(want, abs=1e-6)  # fp32 dot products, fp64 sums
+    bf = [x.bfloat16() for x in a], [y.bfloat16() if y is not None else None for y in b]
+    want_bf = float(torch.nn.functional.cosine_similarity(
+        torch.cat([x.flatten() for x in bf[0]]).double(),
+        torch.cat([(y if y is not None else torch.zeros(s, dtype=torch.bfloat16)).flatten() for y, s in zip(bf[1], shapes)]).double(), dim=0))
+    assert U.grads_cosine(*bf) == pytest.approx(want_bf, abs=1e-6)
+    assert U.grads_cosine(a, [None] * 3) is None
+    assert U.grads_cosine(a, [x.neg() for x in a]) == pytest.approx(-1.0)

@@ -307,11 +307,12 @@ def logits_bytes(shape: ModelShape, rows: int, new_tokens: int, chunk: int = LOG
 
 
 def grad_cosine_bytes(trainable: int, grad_bytes: int) -> int:
-    """`grad_cosine` (trainer): both branches' gradients flattened to fp32 (2 x 4 B per trainable
-    parameter), the per-parameter accumulator of the second branch in the gradient dtype, and, when that is
-    not fp32, torch.cat's fp32 input list while the second flat copy is built:
-        P_t x (2 x 4 + b_t + (4 if b_t != 4 else 0))    (never sharded: local, un-synchronised gradients)."""
-    return trainable * (8 + grad_bytes + (4 if grad_bytes != 4 else 0))
+    """`grad_cosine` (trainer, `vitos.rl.update.grads_cosine`): both branches' gradients per parameter in the
+    gradient dtype, plus the fp32 pieces being reduced (COSINE_CHUNK elements, 3 x 4 B each):
+        P_t x 2 x b_t + 12 x COSINE_CHUNK    (never sharded: local, un-synchronised gradients)."""
+    from vitos.rl.update import COSINE_CHUNK
+
+    return trainable * 2 * grad_bytes + 12 * min(COSINE_CHUNK, trainable)
 
 
 def _bytes_by_dtype(counts: dict[str, int]) -> int:
@@ -478,7 +479,7 @@ def estimate_memory(cfg: Any, shape: ModelShape, params: ParamCounts, launch: La
     every = getattr(cfg.logging, "grad_cosine_every", 1)
     if cfg.logging.log_grad_cosine and every and every > 0 and launch.grad_cosine_runs:
         est.grad_cosine = grad_cosine_bytes(params.trainable, b_t_int)
-        f["grad_cosine"] = f"{gb(params.trainable)} x (2 x 4 + {b_t_int}" + (" + 4" if b_t_int != 4 else "") + ") B"
+        f["grad_cosine"] = f"{gb(params.trainable)} x 2 x {b_t_int} B"
 
     # ---- disk (all processes together) ------------------------------------------------------------
     if launch.distributed_type in ("DEEPSPEED", "FSDP"):  # their own layouts: every weight, frozen ones too

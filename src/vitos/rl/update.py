@@ -212,24 +212,52 @@ class Updater:
         return out
 
     def grad_cosine(self, step: StepRollouts, rewards: StepRewards) -> float | None:
-        """cos(grad L_grounding, grad L_sparse) over trainable parameters (local, un-synchronised gradients)."""
+        """cos(grad L_grounding, grad L_sparse) over trainable parameters (local, un-synchronised gradients), both
+        at the step's parameters. Costs one extra forward + backward per branch; memory: the two branches'
+        gradients as per-parameter tensors in the gradient dtype (2 x the trainable parameters), never
+        flattened or upcast as a whole (`grads_cosine` reduces them one parameter at a time)."""
         acc = self.acc
         if acc.distributed_type.name == "FSDP" or (acc.state.deepspeed_plugin and acc.state.deepspeed_plugin.zero_stage == 3):
             return None
-        grads = []
+        grads: list[list[torch.Tensor | None]] = []
         with acc.no_sync(self.policy):
             for b in ("grounding", "sparse"):
                 rows = branch_rows(step, rewards, b, self.cfg.grpo.scale_advantages)
                 norms = self.norms(rows, [b], world=False)
-                g = [torch.zeros_like(p) for p in self.params]
+                g: list[torch.Tensor | None] = [None] * len(self.params)
                 for chunk in split_rows(len(rows), self.cfg.optim.micro_batches):
                     loss, _, _ = self.losses(step, rows, chunk, [b], norms, 1, record_diff=False)
-                    for acc_g, d in zip(g, torch.autograd.grad(loss, self.params, allow_unused=True)):
+                    for k, d in enumerate(torch.autograd.grad(loss, self.params, allow_unused=True)):
                         if d is not None:
-                            acc_g += d
-                grads.append(torch.cat([x.flatten().float() for x in g]))
-        norm = grads[0].norm() * grads[1].norm()
-        return float(grads[0] @ grads[1] / norm) if norm > 0 else None
+                            g[k] = d if g[k] is None else g[k].add_(d)
+                grads.append(g)
+        return grads_cosine(grads[0], grads[1])
+
+
+COSINE_CHUNK = 1 << 24
+"""Elements of one parameter's gradient reduced at once by `grads_cosine` (its fp32 temporaries: ~3 x 4 B each,
+200 MB, however large the embedding table)."""
+
+
+def grads_cosine(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> float | None:
+    """cos(a, b) of two gradients given per parameter (None = zero), = cos(cat(a), cat(b)) without building
+    either vector: dot products and squared norms are summed in fp64, COSINE_CHUNK elements of a parameter
+    (upcast to fp32) at a time. None when either gradient is zero."""
+    dot, na, nb = 0.0, 0.0, 0.0
+    for x, y in zip(a, b):
+        xs = x.reshape(-1).split(COSINE_CHUNK) if x is not None else None
+        ys = y.reshape(-1).split(COSINE_CHUNK) if y is not None else None
+        for k in range(len(xs if xs is not None else ys or ())):
+            xf = xs[k].float() if xs is not None else None  # (n,) fp32
+            yf = ys[k].float() if ys is not None else None
+            if xf is not None:
+                na += float(xf.dot(xf))
+            if yf is not None:
+                nb += float(yf.dot(yf))
+            if xf is not None and yf is not None:
+                dot += float(xf.dot(yf))
+    norm = (na * nb) ** 0.5
+    return dot / norm if norm > 0 else None
 
 
 def _merge_diff(diffs: dict[str, tuple[float, float, int]], branch: str, d: tuple[float, float, int]) -> None:
