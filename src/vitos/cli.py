@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--mode", choices=["vitos", "full", "vitos-evict"], default="vitos",
                    help="vitos: ground -> prune -> answer; full: answer on every visual token; vitos-evict: one "
                         "prefill, the pruned tokens evicted from the KV cache after the boxes (an approximation of "
-                        "vitos, docs/speed.md) (default: vitos)")
+                        "vitos, README, Benchmarks) (default: vitos)")
     i.add_argument("--json", action="store_true", help="print a JSON record (default: readable text)")
     i.add_argument("--overlay", default=None,
                    help="write a PNG with boxes and the kept-token grid to this path (default: none)")

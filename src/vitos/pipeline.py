@@ -14,7 +14,7 @@ the grounding branch's own answer is missing (`Answer.grounding`, and its accura
 
 Modes: `full` answers in one pass on all visual tokens (the baseline); `vitos` runs the two stages above;
 `vitos-evict` grounds and answers after one prefill, evicting the pruned tokens from the KV cache after the
-boxes (vitos.single_pass: an approximation of `vitos`, measured against it in docs/speed.md).
+boxes (vitos.single_pass: an approximation of `vitos`, measured against it in README, Benchmarks).
 Any grounding output that yields no usable box (no tag, unparseable, out of range) falls back to keeping
 every token of that image, and the reason is returned in `fallback` — never an exception.
 """

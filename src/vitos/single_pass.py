@@ -7,7 +7,7 @@
     append(state, extras + the "</box>" token)   # fusion="contextual": its summary tokens, at their positions
     answer = decode(state)                                               # <answer> ... </answer>
 
-An APPROXIMATION of the two-pass sparse branch, and measured as one (bench/speed.py, docs/speed.md): the
+An APPROXIMATION of the two-pass sparse branch, and measured as one (bench/speed.py, README, Benchmarks): the
 kept tokens' cache entries were computed while every visual token was visible, so from the second layer
 on they still carry what the pruned tokens contributed; the prompt stays the grounding prompt (the answer
 continues the grounding output after its boxes) instead of the sparse prompt; and `fusion="merge"`, which
