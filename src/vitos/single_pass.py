@@ -28,11 +28,12 @@ import torch
 
 from vitos.engine import DecodeState, SamplingConfig, append, decode, evict, prefill
 from vitos.models.base import EncodedImage, ModelAdapter, Prompt
+from vitos.pipeline import GROUNDING_STOP
 from vitos.pruning.fusion import fuse_tokens
 from vitos.pruning.sparse import assemble
 
-STOP = ("</box>",)
-"""Where the first decode stops (pipeline.GROUNDING_STOP)."""
+STOP = GROUNDING_STOP
+"""Where the first decode stops: the short grounding pass's stop strings."""
 
 
 @dataclass
