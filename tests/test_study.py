@@ -109,7 +109,8 @@ def test_summary_counts_distinct_boxes_and_keeps_the_correct_vector_in_order():
 
 
 def test_smoke_study_writes_every_row_comparison_and_plot(tmp_path):
-    """`vitos study --smoke`: the CI-sized run (about 40 s here) writes the same files as the full study."""
+    """`vitos study --smoke`: the CI-sized run (about 40 s here) writes the same files as the full study, and the
+    same numbers with one process as with two."""
     from vitos.study.run import main_study
 
     out = tmp_path / "study"
@@ -139,6 +140,14 @@ def test_smoke_study_writes_every_row_comparison_and_plot(tmp_path):
     for name in ("study.md", "study_accuracy.png", "grad_cosine.png"):
         assert (out / name).is_file()
     assert math.isfinite(study["meta"]["seconds"])
+    # the same grid in one process (workers=1, tasks in order) gives the same numbers as the 2-process pool
+    # (the default): each task seeds itself and reads its inputs from disk, whatever ran before it
+    assert main_study(["--smoke", "--out", str(tmp_path / "serial"), "workers=1"]) == 0
+    serial = json.loads((tmp_path / "serial" / "study.json").read_text())
+    assert study["meta"]["config"]["workers"] == 2 and serial["meta"]["config"]["workers"] == 1
+    assert [(r["name"], r["accuracy"], r["kept_ratio"]) for r in serial["rows"]] == \
+        [(r["name"], r["accuracy"], r["kept_ratio"]) for r in study["rows"]]
+    assert [c["p_value"] for c in serial["comparisons"]] == [c["p_value"] for c in study["comparisons"]]
 
 
 def test_fastv_keeps_meet_each_budget_and_do_not_depend_on_the_batching(sensitive_adapter, one_torch_thread):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 import time
@@ -75,6 +76,9 @@ class StudyConfig:
     """DemoConfig values for data, warm start, RL and decoding (e.g. {"group_size": 4})."""
     phantom: dict[str, Any] = field(default_factory=dict)
     """PhantomConfig overrides on top of the demo's data (DemoConfig.phantom, PHANTOM_V3); {} = the demo's data."""
+    workers: int = 2
+    """Processes running seeds and RL runs side by side (one torch thread each). The numbers do not depend on
+    it; 1 = everything in this process, in order (the path for a debugger)."""
 
 
 SMOKE: dict[str, Any] = {"seeds": [0, 1], "variants": [], "schedules": ["interleaved", "joint"],
@@ -91,82 +95,180 @@ def _log(msg: str) -> None:
 
 
 def run_study(cfg: StudyConfig, command: str = "vitos study") -> dict[str, Any]:
-    """Run the grid; returns the study dict (also written as study.json / study.md under out_dir)."""
-    from vitos.data.medphantom import PhantomConfig, write_dataset
-    from vitos.data.readers import read_rows
-    from vitos.demo import DemoConfig, DemoData, _train_config, eval_settings, rl_pool
-    from vitos.models import load_model
-    from vitos.pipeline import encode, load_sample_images
-    from vitos.rl.checkpoint import read_metrics
-    from vitos.rl.trainer import train
+    """Run the grid; returns the study dict (also written as study.json / study.md under out_dir).
+
+    The work is one `prepare_seed` task per seed (data, warm start, the before-RL rows) and one `run_variant`
+    task per (seed, variant) (RL, then the after-RL rows). With `workers` > 1 they run in that many spawned
+    processes (one torch thread each; a variant starts once its seed is prepared); every task seeds its own
+    RNGs and reads its inputs from disk, so the numbers do not depend on `workers` or on the order tasks
+    finish in (tests/test_study.py checks workers=1 against workers=2). workers=1 runs everything in this
+    process, in order: the path a debugger can step through."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    import multiprocessing
+
     from vitos.study import plots, report
-    from vitos.study.evaluate import (answer_balance, best_constant_box, evaluate_majority, evaluate_run,
-                                      evidence_coverage)
 
     t_all = time.perf_counter()
     torch.set_num_threads(1)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    variants = study_variants(cfg)
+    prepared: dict[int, dict[str, Any]] = {}
+    done: dict[tuple[int, tuple[str, bool, bool]], dict[str, Any]] = {}
+
+    def finished_seeds() -> list[int]:  # in cfg.seeds order, a seed counts once all its tasks are in
+        return [sd for sd in cfg.seeds if sd in prepared and all((sd, v) in done for v in variants)]
+
+    def snapshot() -> dict[str, Any]:
+        return _collect(cfg, finished_seeds(), prepared, done, variants, command, time.perf_counter() - t_all)
+
+    if cfg.workers <= 1:
+        for seed in cfg.seeds:
+            prepared[seed] = prepare_seed(cfg, seed)
+            for v in variants:
+                done[(seed, v)] = run_variant(cfg, seed, v)
+            report.write(snapshot(), out)  # after every seed: a long run that is stopped keeps its finished seeds
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx, initializer=_worker_init) as pool:
+            pending = {pool.submit(prepare_seed, cfg, seed): ("seed", seed, None) for seed in cfg.seeds}
+            n_finished = 0
+            while pending:
+                ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in ready:
+                    kind, seed, v = pending.pop(fut)
+                    result = fut.result()  # a failed task stops the study with its own traceback
+                    if kind == "seed":
+                        prepared[seed] = result
+                        pending.update({pool.submit(run_variant, cfg, seed, vv): ("run", seed, vv) for vv in variants})
+                    else:
+                        done[(seed, v)] = result
+                if len(finished_seeds()) > n_finished:
+                    n_finished = len(finished_seeds())
+                    report.write(snapshot(), out)
+    study = snapshot()
+    report.write(study, out)
+    plots.plot_study_rows(study["rows"], out / "study_accuracy.png", chance=study["rows_by_name"]["majority"]["accuracy"])
+    plots.plot_grad_cosine(study["runs"], out / "grad_cosine.png")
+    return study
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _seed_setup(cfg: StudyConfig, seed: int, write: bool) -> dict[str, Any]:
+    """The seed's demo config, eval settings, data (written under out_dir/data-<seed> when `write`: by
+    prepare_seed; read back by the RL runs), test images and best constant box: what both task kinds need,
+    rebuilt the same way in every process."""
+    from vitos.data.medphantom import PhantomConfig, write_dataset
+    from vitos.data.readers import read_rows
+    from vitos.demo import DemoConfig, eval_settings
+    from vitos.pipeline import load_sample_images
+    from vitos.study.evaluate import best_constant_box
+
+    out = Path(cfg.out_dir)
+    demo = DemoConfig(**{**cfg.demo_overrides, "seed": seed, "n_train": cfg.n_train, "n_test": cfg.n_test,
+                         "rl_steps": cfg.rl_steps})
+    folder = out / f"data-{seed}"
+    if not write:
+        paths = {"train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")}
+    else:
+        paths = write_dataset(PhantomConfig(**{"question_mix": dict(demo.question_mix), **demo.phantom, **cfg.phantom,
+                                               "seed": seed, "n_train": cfg.n_train, "n_test": cfg.n_test}), folder)
+    train_set, test = read_rows(paths["train"]).samples, read_rows(paths["test"]).samples
+    return {"demo": demo, "settings": eval_settings(demo), "paths": paths, "train": train_set, "test": test,
+            "images": [load_sample_images(t) for t in test],
+            "constant": best_constant_box([t.boxes for t in train_set])}
+
+
+def prepare_seed(cfg: StudyConfig, seed: int) -> dict[str, Any]:
+    """One seed before RL: its data and warm start (`_warm_start`), the majority row, the warm start's rows
+    (full, vitos, oracle, constant box, center) and the design-property inputs (evidence coverage)."""
+    from vitos.demo import DemoData
+    from vitos.models import load_model
+    from vitos.pipeline import encode
+    from vitos.study.evaluate import answer_balance, evaluate_majority, evaluate_run, evidence_coverage
+
+    torch.set_num_threads(1)
+    d = _seed_setup(cfg, seed, write=True)
+    warm_dir = _warm_start(cfg, d["demo"], DemoData(d["paths"], d["train"], d["test"], d["images"]),
+                           Path(cfg.out_dir) / f"warm-{seed}")
+    warm = load_model(str(warm_dir), dtype="float32", device="cpu")
+    rows = {"majority": evaluate_majority(d["test"], d["train"])}
+    warm_encoded = encode(warm, d["images"])
+    warm_rows = evaluate_run(warm, d["test"], d["images"], d["settings"], ["center"], seed, d["constant"], warm_encoded)
+    rows.update({f"warm_start/{n}": warm_rows[n] for n in ("full", "vitos", "oracle", "constant box", "center")})
+    coverage = evidence_coverage(warm_encoded, d["test"], d["settings"], warm_rows["vitos"], seed)
+    _log(f"seed {seed}: warm start full {rows['warm_start/full']['accuracy']:.1%}, ViToS "
+         f"{rows['warm_start/vitos']['accuracy']:.1%}, oracle {warm_rows['oracle']['accuracy']:.1%}, "
+         f"majority {rows['majority']['accuracy']:.1%}")
+    return {"rows": rows, "coverage": coverage, "answer_balance": answer_balance(d["test"]),
+            "constant_box": d["constant"], "warm_dir": str(warm_dir)}
+
+
+def run_variant(cfg: StudyConfig, seed: int, variant: tuple[str, bool, bool]) -> dict[str, Any]:
+    """One RL run (schedule, cross-feedback, IoU reward) from the seed's warm start (prepare_seed must have
+    run), then its rows (vitos, full, oracle, constant box and the baselines at its budget) and its record
+    (seconds, mIoU, distinct boxes, the gradient-cosine and reward curves)."""
+    from vitos.demo import DemoConfig, _train_config, rl_pool
+    from vitos.models import load_model
+    from vitos.rl.checkpoint import read_metrics
+    from vitos.rl.trainer import train
+    from vitos.study.evaluate import evaluate_run
+
+    torch.set_num_threads(1)
+    sch, cross, iou = variant
+    name = variant_name(sch, cross, iou)
+    d = _seed_setup(cfg, seed, write=False)
+    demo = d["demo"]
+    warm_dir = _warm_start(cfg, demo, None, Path(cfg.out_dir) / f"warm-{seed}")  # prepare_seed trained it
+    run_dir = Path(cfg.out_dir) / f"runs/{name}/seed-{seed}"
+    pool = rl_pool(Path(d["paths"]["train"]), demo.rl_questions)
+    tcfg = _train_config(DemoConfig(**{**asdict(demo), "schedule": sch}), warm_dir, pool, run_dir)
+    tcfg.rewards.cross = 1.0 if cross else 0.0
+    tcfg.rewards.iou = tcfg.rewards.iou if iou else 0.0
+    tcfg.logging.log_grad_cosine = cfg.grad_cosine_every > 0
+    tcfg.logging.grad_cosine_every = cfg.grad_cosine_every
+    tcfg.logging.progress = cfg.workers <= 1 and sys.stderr.isatty()  # a bar on a terminal; the [study] lines either way
+    t0 = time.perf_counter()
+    _log(f"seed {seed} {name}: RL, {tcfg.schedule.total_steps} steps")
+    train(tcfg, overwrite=True)  # a rerun into the same folder replaces that run
+    model = load_model(str(run_dir / "final"), dtype="float32", device="cpu")
+    rows = evaluate_run(model, d["test"], d["images"], d["settings"], cfg.baselines, seed, d["constant"])
+    del model
+    curve = read_metrics(run_dir / "metrics.jsonl")
+    _log(f"seed {seed} {name}: ViToS {rows['vitos']['accuracy']:.1%} (full {rows['full']['accuracy']:.1%}, "
+         f"center {rows['center']['accuracy']:.1%}), kept {rows['vitos']['kept']:.0%}")
+    return {"rows": rows, "run": {
+        "variant": name, "seed": seed, "seconds": time.perf_counter() - t0,
+        "accuracy_vitos": rows["vitos"]["accuracy"], "kept": rows["vitos"]["kept"],
+        "miou": rows["vitos"]["miou"], "distinct_boxes": rows["vitos"]["distinct_boxes"],
+        "grad_cosine": [(m["step"], m.get("grad_cosine")) for m in curve if m.get("grad_cosine") is not None],
+        "reward": [(m["step"], m.get("grounding/reward"), m.get("sparse/reward")) for m in curve]}}
+
+
+def _collect(cfg: StudyConfig, seeds: list[int], prepared: dict[int, dict[str, Any]],
+             done: dict[tuple[int, tuple[str, bool, bool]], dict[str, Any]], variants: list, command: str,
+             seconds: float) -> dict[str, Any]:
+    """The finished tasks of `seeds` in seed order (paired tests pair question i of seed k across rows), as
+    the study dict."""
     per_seed: dict[str, list[dict[str, Any]]] = {}
     runs: list[dict[str, Any]] = []
     design: dict[str, Any] = {}
-    variants = study_variants(cfg)
-    for seed in cfg.seeds:
-        demo = DemoConfig(**{**cfg.demo_overrides, "seed": seed, "n_train": cfg.n_train, "n_test": cfg.n_test,
-                             "rl_steps": cfg.rl_steps})
-        s = eval_settings(demo)
-        paths = write_dataset(PhantomConfig(**{"question_mix": dict(demo.question_mix), **demo.phantom, **cfg.phantom, "seed": seed,
-                                               "n_train": cfg.n_train, "n_test": cfg.n_test}), out / f"data-{seed}")
-        train_set, test = read_rows(paths["train"]).samples, read_rows(paths["test"]).samples
-        images = [load_sample_images(t) for t in test]
-        constant = best_constant_box([t.boxes for t in train_set])
-        warm_dir = _warm_start(cfg, demo, DemoData(paths, train_set, test, images), out / f"warm-{seed}")
-        warm = load_model(str(warm_dir), dtype="float32", device="cpu")
-        per_seed.setdefault("majority", []).append(evaluate_majority(test, train_set))
-        warm_encoded = encode(warm, images)
-        warm_rows = evaluate_run(warm, test, images, s, ["center"], seed, constant, warm_encoded)
-        for name in ("full", "vitos", "oracle", "constant box", "center"):
-            per_seed.setdefault(f"warm_start/{name}", []).append(warm_rows[name])
-        design.setdefault("coverage", []).append(evidence_coverage(warm_encoded, test, s, warm_rows["vitos"], seed))
-        design.setdefault("answer_balance", answer_balance(test))
-        design.setdefault("constant_box", constant)
-        del warm
-        _log(f"seed {seed}: warm start full {per_seed['warm_start/full'][-1]['accuracy']:.1%}, ViToS "
-             f"{per_seed['warm_start/vitos'][-1]['accuracy']:.1%}, oracle {warm_rows['oracle']['accuracy']:.1%}, "
-             f"majority {per_seed['majority'][-1]['accuracy']:.1%}")
-        pool = rl_pool(Path(paths["train"]), demo.rl_questions)
-        for sch, cross, iou in variants:
-            name = variant_name(sch, cross, iou)
-            run_dir = out / f"runs/{name}/seed-{seed}"
-            tcfg = _train_config(DemoConfig(**{**asdict(demo), "schedule": sch}), warm_dir, pool, run_dir)
-            tcfg.rewards.cross = 1.0 if cross else 0.0
-            tcfg.rewards.iou = tcfg.rewards.iou if iou else 0.0
-            tcfg.logging.log_grad_cosine = cfg.grad_cosine_every > 0
-            tcfg.logging.grad_cosine_every = cfg.grad_cosine_every
-            t0 = time.perf_counter()
-            tcfg.logging.progress = sys.stderr.isatty()  # a bar on a terminal; the [study] lines either way
-            _log(f"seed {seed} {name}: RL, {tcfg.schedule.total_steps} steps")
-            train(tcfg, overwrite=True)  # a rerun into the same folder replaces that run
-            model = load_model(str(run_dir / "final"), dtype="float32", device="cpu")
-            rows = evaluate_run(model, test, images, s, cfg.baselines, seed, constant)
-            del model
-            for row, res in rows.items():
-                per_seed.setdefault(f"{name}/{row}", []).append(res)
-            curve = read_metrics(run_dir / "metrics.jsonl")
-            runs.append({"variant": name, "seed": seed, "seconds": time.perf_counter() - t0,
-                         "accuracy_vitos": rows["vitos"]["accuracy"], "kept": rows["vitos"]["kept"],
-                         "miou": rows["vitos"]["miou"], "distinct_boxes": rows["vitos"]["distinct_boxes"],
-                         "grad_cosine": [(m["step"], m.get("grad_cosine")) for m in curve if m.get("grad_cosine") is not None],
-                         "reward": [(m["step"], m.get("grounding/reward"), m.get("sparse/reward")) for m in curve]})
-            _log(f"seed {seed} {name}: ViToS {rows['vitos']['accuracy']:.1%} (full {rows['full']['accuracy']:.1%}, "
-                 f"center {rows['center']['accuracy']:.1%}), kept {rows['vitos']['kept']:.0%}")
-        # after every seed: the study so far (a long run that is stopped keeps its finished seeds)
-        report.write(_assemble(cfg, per_seed, runs, design, variants, command, time.perf_counter() - t_all), out)
-    study = _assemble(cfg, per_seed, runs, design, variants, command, time.perf_counter() - t_all)
-    report.write(study, out)
-    plots.plot_study_rows(study["rows"], out / "study_accuracy.png", chance=study["rows_by_name"]["majority"]["accuracy"])
-    plots.plot_grad_cosine(runs, out / "grad_cosine.png")
-    return study
+    for seed in seeds:
+        p = prepared[seed]
+        for row, res in p["rows"].items():
+            per_seed.setdefault(row, []).append(res)
+        design.setdefault("coverage", []).append(p["coverage"])
+        design.setdefault("answer_balance", p["answer_balance"])
+        design.setdefault("constant_box", p["constant_box"])
+        for v in variants:
+            r = done[(seed, v)]
+            for row, res in r["rows"].items():
+                per_seed.setdefault(f"{variant_name(*v)}/{row}", []).append(res)
+            runs.append(r["run"])
+    return _assemble(cfg, per_seed, runs, design, variants, command, seconds)
 
 
 def study_variants(cfg: StudyConfig) -> list[tuple[str, bool, bool]]:
@@ -197,6 +299,8 @@ def _warm_start(cfg: StudyConfig, demo: Any, data: Any, folder: Path) -> Path:
         return resolve_warm_start(cfg.warm_start)
     if (folder / "warm_start" / "config.json").exists():
         return folder / "warm_start"
+    if data is None:
+        raise RuntimeError(f"no warm start in {folder}: run prepare_seed for seed {demo.seed} first")
     _log(f"seed {demo.seed}: warm start (the demo's stages)")
     torch.manual_seed(demo.seed)  # the RNG state `vitos demo` has at this stage: same seed, same warm start
     return make_warm_start(demo, data, folder, Say(quiet=not sys.stderr.isatty())).folder
@@ -234,8 +338,8 @@ def _assemble(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]], runs:
     design["properties"] = design_properties(by_name, design.get("coverage", []))
     main = cfg.main if cfg.main in names else sorted(names)[0]
     return {
-        "meta": {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} "
-                 f"torch thread(s), torch {torch.__version__}", "command": command, "seconds": seconds, "main": main,
+        "meta": {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), "
+                 f"{cfg.workers} worker process(es) x {torch.get_num_threads()} torch thread(s), torch {torch.__version__}", "command": command, "seconds": seconds, "main": main,
                  "config": asdict(cfg)},
         "rows": rows, "rows_by_name": by_name, "comparisons": list(tests.values()),
         "targets": report.targets(by_name, tests, main), "runs": runs, "design": design,
