@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 import torch
 
+from vitos.models.compat import cache_kwarg, returned_cache
+
 USER_TEXT = "\ue000vitos-user-text\ue001"
 """Stands for the user's text while a chat template is rendered (private-use characters: in no real text)."""
 
@@ -253,17 +255,18 @@ class AdapterBase:
         """
         if positions.shape[0] != self.num_position_rows:
             raise ValueError(f"expected ({self.num_position_rows}, B, L) positions, got {tuple(positions.shape)}")
-        out = self.model.model.language_model(
+        decoder = self.model.model.language_model
+        out = decoder(
             inputs_embeds=inputs_embeds,
             position_ids=self.lm_position_ids(positions),
             attention_mask=attention_mask,
-            cache=cache,
             use_cache=cache is not None,
+            **{cache_kwarg(decoder): cache},  # transformers 5.24 renamed past_key_values (vitos.models.compat)
         )
         hidden = out.last_hidden_state  # (B, L, D)
         if keep_last:
             hidden = hidden[:, -keep_last:]  # (B, k, D)
-        return hidden, out.cache
+        return hidden, returned_cache(out)
 
     def lm_forward(
         self,
