@@ -227,3 +227,35 @@ def test_grpo_loss_without_beta_needs_no_reference_and_equals_policy_loss():
 def test_grpo_loss_with_beta_but_no_reference_is_an_error():
     with pytest.raises(ValueError, match="ref_logp"):
         grpo_loss(_t([[0.0]]), _t([[0.0]]), _t([1.0]), _t([[1.0]]), beta=0.1)
+
+
+def test_truncated_is_weights_are_the_capped_probability_ratio():
+    from vitos.rl.grpo import truncated_is_weights
+
+    old = _t([[math.log(0.5), math.log(0.2)], [math.log(0.9), 0.0]])
+    sample = _t([[math.log(0.25), math.log(0.4)], [math.log(0.3), 0.0]])
+    w = truncated_is_weights(old, sample, cap=2.5)
+    # by hand: 0.5 / 0.25 = 2, 0.2 / 0.4 = 0.5, 0.9 / 0.3 = 3 -> capped at 2.5, equal -> 1
+    assert w.flatten().tolist() == pytest.approx([2.0, 0.5, 2.5, 1.0])
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        truncated_is_weights(old, sample, cap=0.0)
+
+
+def test_is_weights_scale_each_tokens_loss_before_aggregation():
+    """token-mean of w_t * l_t: a planted weighting after aggregation (or of the ratio) gives other values."""
+    new, old, adv, mask = [[0.1, -0.2, 0.3]], [[0.0, 0.0, 0.0]], [1.0], [[1, 1, 0]]
+    w = [[2.0, 0.5, 9.0]]  # the masked token's weight must not count
+    loss, stats = policy_loss(_t(new), _t(old), _t(adv), _t(mask), is_weights=_t(w))
+    l0, l1 = (_ref_token_loss(new[0][t], old[0][t], adv[0])[0] for t in range(2))
+    assert loss.item() == pytest.approx((2.0 * l0 + 0.5 * l1) / 2)
+    assert stats["is_weight_mean"] == pytest.approx(1.25)
+    plain, st = policy_loss(_t(new), _t(old), _t(adv), _t(mask))
+    assert plain.item() == pytest.approx((l0 + l1) / 2) and st["is_weight_mean"] == 1.0
+
+
+def test_tis_weights_of_rows_default_to_one_without_recorded_logprobs():
+    from vitos.rl.update import Row, tis_weights
+
+    old = _t([[math.log(0.5), math.log(0.5)], [math.log(0.5), math.log(0.5)]])
+    rows = [Row(None, 0.0, "sparse", _t([math.log(0.25), math.log(0.5)])), Row(None, 0.0, "sparse", None)]
+    assert tis_weights(old, rows, cap=3.0).flatten().tolist() == pytest.approx([2.0, 1.0, 1.0, 1.0])

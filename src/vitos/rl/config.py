@@ -116,6 +116,11 @@ class GRPOSection:
     """mu: optimiser passes over one batch of rollouts (EasyR1 `ppo_epochs`, TRL `num_iterations`). With 1
     the importance ratio is 1 at the update (old log-probs = the update-time ones, detached); with >= 2 the
     old log-probs are computed once, before the first pass, without gradients, so clipping can act."""
+    tis_cap: Annotated[float, Range(gt=0)] | None = None
+    """Truncated importance sampling against the rollout engine: each token's loss is weighted by
+    min(pi_old / pi_rollout, tis_cap), pi_rollout the probability the engine sampled with (TRL's vLLM
+    correction; 2.0 is TRL's default cap). None = off (the Python engine samples with the trainer's own
+    forward; with rollout.engine=vllm, watch `{branch}/logprob_diff_*` and turn this on when they grow)."""
     sparse_grouping: Literal["question", "parent"] = "question"
     """(ours) Sparse advantages are normalised over all G x G' rollouts of a question ('question', so the
     cross-feedback acc(O_i) separates rollouts launched from different O_i) or over the G' children of

@@ -113,6 +113,7 @@ def policy_loss(
     dual_clip: float | None = 3.0,
     agg: AggMode = "token-mean",
     max_len: int | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO/GRPO clipped surrogate with asymmetric clip and dual clip.
 
@@ -125,12 +126,15 @@ def policy_loss(
         old_logp: (B, T) log-probs under the sampling policy (treated as constants).
         advantages: (B,) one advantage per sequence, broadcast over its tokens.
         mask: (B, T) response-token mask.
+        is_weights: (B, T) constant per-token weights multiplied into the loss before aggregation (truncated
+            importance sampling of a separate rollout engine: `truncated_is_weights`); None = 1.
 
     Returns:
         loss: () scalar aggregated with ``agg``.
         stats: ``clip_frac`` (masked tokens where the clipped branch was the max), ``dual_clip_frac``
         (masked tokens where the dual clip bound), ``ratio_mean``, ``ratio_max``, ``ratio_min`` (over masked
-        tokens; 1.0 when none), ``approx_kl`` (mean of old_logp - logp).
+        tokens; 1.0 when none), ``approx_kl`` (mean of old_logp - logp), ``is_weight_mean`` (masked mean
+        of is_weights; 1.0 without them).
     """
     if logp.shape != old_logp.shape or logp.shape != mask.shape or logp.dim() != 2:
         raise ValueError(
@@ -153,6 +157,10 @@ def policy_loss(
         bound = -adv * dual_clip  # (B, 1)
         dual_taken = (adv < 0) & (loss_tok > bound)  # (B, T)
         loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, bound), loss_tok)  # (B, T)
+    if is_weights is not None:
+        if is_weights.shape != logp.shape:
+            raise ValueError(f"is_weights must be (B, T) = {tuple(logp.shape)}, got {tuple(is_weights.shape)}")
+        loss_tok = loss_tok * is_weights.detach()  # (B, T)
     loss = aggregate(loss_tok, mask, agg, max_len)
 
     with torch.no_grad():
@@ -165,8 +173,28 @@ def policy_loss(
             "ratio_max": torch.where(m, ratio, -torch.inf).max().item() if m.any() else 1.0,
             "ratio_min": torch.where(m, ratio, torch.inf).min().item() if m.any() else 1.0,
             "approx_kl": torch.where(m, old_logp - logp, 0.0).sum().div(n).item(),
+            "is_weight_mean": 1.0 if is_weights is None else torch.where(m, is_weights, 0.0).sum().div(n).item(),
         }
     return loss, stats
+
+
+def truncated_is_weights(old_logp: Tensor, sample_logp: Tensor, cap: float) -> Tensor:
+    """Truncated importance-sampling weights min(pi_old / pi_sample, cap) per token (TRL's vLLM correction,
+    Yao et al. 2025 "Your efficient RL framework secretly brings you off-policy RL training").
+
+    A separate rollout engine (vLLM) samples from slightly different probabilities than the trainer computes
+    (kernels, dtype); weighting each token's loss by the ratio of the trainer's old-policy probability to the
+    engine's corrects the gradient, and the cap bounds its variance.
+
+    Args: old_logp, sample_logp: (B, T) trainer old-policy and engine log-probs of the sampled tokens;
+    cap: > 0. Returns (B, T) weights in (0, cap], no gradient (the log-ratio is clamped to [-20, 20]).
+    """
+    if cap <= 0:
+        raise ValueError(f"the truncated-IS cap must be > 0, got {cap}")
+    if old_logp.shape != sample_logp.shape:
+        raise ValueError(f"old_logp and sample_logp must match, got {tuple(old_logp.shape)}, {tuple(sample_logp.shape)}")
+    d = (old_logp.detach() - sample_logp.detach()).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)  # (B, T)
+    return d.exp().clamp(max=cap)
 
 
 def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
@@ -190,14 +218,16 @@ def grpo_loss(
     dual_clip: float | None = 3.0,
     agg: AggMode = "token-mean",
     max_len: int | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Full GRPO objective for one branch: policy_loss + beta * aggregate(kl_k3(logp, ref_logp)).
 
     All tensors (B, T) except advantages (B,). With ``beta == 0`` no reference is needed (many recipes,
     ViTAR included, train without KL); ``beta > 0`` without ``ref_logp`` is an error. The KL term uses the
-    same aggregation as the policy term. Returns (() loss, stats) with ``kl`` added when the term is used.
+    same aggregation as the policy term; ``is_weights`` (B, T) weight the policy term only (truncated IS).
+    Returns (() loss, stats) with ``kl`` added when the term is used.
     """
-    loss, stats = policy_loss(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, max_len)
+    loss, stats = policy_loss(logp, old_logp, advantages, mask, clip_low, clip_high, dual_clip, agg, max_len, is_weights)
     if beta != 0.0:
         if ref_logp is None:
             raise ValueError(

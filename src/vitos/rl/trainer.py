@@ -60,10 +60,11 @@ from vitos.rl.update import Updater
 StepCallback = Callable[[int, dict[str, Any]], None]
 UPDATE_KEYS = [f"{b}/{k}" for b in ("grounding", "sparse") for k in (
     "loss", "kl", "approx_kl", "clip_frac", "clip_frac_last_epoch", "dual_clip_frac", "ratio_mean", "ratio_max",
-    "ratio_min", "grad_norm", "logprob_diff_max", "logprob_diff_mean")]
+    "ratio_min", "is_weight_mean", "grad_norm", "logprob_diff_max", "logprob_diff_mean")]
 """Per-branch update statistics (null when the branch is not updated that step); `kl` is the k3 KL to the
 reference (null when grpo.beta = 0); `logprob_diff_*` compare sampling-time and update-time log-probs of
-the sampled tokens before the update's first optimiser step (the rollout-vs-trainer alarm)."""
+the sampled tokens before the update's first optimiser step (the rollout-vs-trainer alarm); `is_weight_mean`
+is the mean truncated-IS weight (1.0 with grpo.tis_cap = None)."""
 
 
 def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOverride | None = None,

@@ -13,6 +13,7 @@ What an update does, in order (EasyR1 / TRL semantics):
     epochs       `grpo.epochs` = mu passes over the rows, one optimiser step per pass (micro-batched)
     weights      each micro-batch loss is weighted so that, after DDP/FSDP average the ranks' gradients,
                  the gradient is that of the aggregated loss over ALL rows of ALL ranks (`loss_weight`)
+    TIS          `grpo.tis_cap`: each token's loss x min(pi_old / pi_sample, cap) (a separate rollout engine)
     alarm        `{branch}/logprob_diff_max` and `_mean`: |sampling-time - update-time| log-prob of every
                  sampled token before any step of this update (verl's rollout-vs-actor check)
 
@@ -27,11 +28,11 @@ from typing import Any
 
 import torch
 
-from vitos.rl.grpo import group_advantages, grpo_loss
+from vitos.rl.grpo import group_advantages, grpo_loss, truncated_is_weights
 from vitos.rl.policy import ScoreRequest, pack
 from vitos.rl.rollout import StepRewards, StepRollouts, agg_denominator, loss_weight, split_rows
 
-MEAN_STATS = ("loss", "kl", "approx_kl", "clip_frac", "dual_clip_frac", "ratio_mean")
+MEAN_STATS = ("loss", "kl", "approx_kl", "clip_frac", "dual_clip_frac", "ratio_mean", "is_weight_mean")
 """Per-branch update statistics that are weighted means over micro-batches, ranks and epochs."""
 
 
@@ -58,6 +59,17 @@ def branch_rows(step: StepRollouts, rewards: StepRewards, branch: str, scale: bo
     adv = group_advantages(r, groups, scale=scale)  # (N,)
     return [Row(ScoreRequest(step.prompts[o.question][branch], step.image_ids(o.question), o.input_keeps(), o.token_ids),
                 float(a), branch, o.sample_logprobs) for o, a in zip(rolls, adv)]
+
+
+def tis_weights(old: torch.Tensor, rows: list[Row], cap: float) -> torch.Tensor:
+    """(n, T) truncated-IS weights of `rows` against their sampling-time log-probs (`grpo.tis_cap`); a row
+    without recorded log-probs weighs 1 (it was sampled by the trainer's own forward)."""
+    sample = old.detach().clone()  # (n, T): ratio 1 where nothing was recorded
+    for i, r in enumerate(rows):
+        if r.sample_logprobs is not None:
+            t = min(r.sample_logprobs.numel(), sample.shape[1])
+            sample[i, :t] = r.sample_logprobs[:t].to(device=sample.device, dtype=sample.dtype)
+    return truncated_is_weights(old, sample, cap)
 
 
 def pad_rows(values: list[torch.Tensor], width: int, device: torch.device) -> torch.Tensor:
@@ -135,7 +147,9 @@ class Updater:
                 ref = torch.nn.functional.pad(ref, (0, lp.shape[1] - ref.shape[1]))
             adv = torch.tensor([r.advantage for r in mine], device=lp.device)  # (n_b,)
             denom, max_len = norms[b]
-            loss, st = grpo_loss(lp, old, adv, mk, ref, g.beta, g.clip_low, g.clip_high, g.dual_clip, g.agg, max_len=max_len)
+            isw = None if g.tis_cap is None else tis_weights(old, mine, g.tis_cap)  # (n_b, T)
+            loss, st = grpo_loss(lp, old, adv, mk, ref, g.beta, g.clip_low, g.clip_high, g.dual_clip, g.agg,
+                                 max_len=max_len, is_weights=isw)
             w = loss_weight([int(r.request.completion.numel()) for r in mine], denom, g.agg, world_size)
             total = total + w * loss
             stats[b] = {"loss": w * loss.item(), **{k: (w * v if k in MEAN_STATS else v) for k, v in st.items()}}
