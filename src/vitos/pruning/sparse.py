@@ -43,6 +43,48 @@ class SequenceInputs:
         return self.embeds.shape[0]
 
 
+@dataclass
+class VisualSegment:
+    """One image's rows of an assembled sequence: what replaces its placeholder span."""
+
+    span: tuple[int, int]
+    """[start, end) of the image's placeholders in the unpruned prompt."""
+    embeds: torch.Tensor
+    """(M, D) visual rows fed to the LM: all N tokens, or kept (+ fused extra) tokens."""
+    positions: torch.Tensor
+    """(P, M) their ORIGINAL rotary positions (extra tokens: their group's mean position)."""
+
+
+def visual_segments(
+    adapter: ModelAdapter,
+    prompt: Prompt,
+    images: list[EncodedImage],
+    keeps: list[torch.Tensor | None] | None = None,
+    fusion: str = "merge",
+    num_contextual: int = 4,
+) -> list[VisualSegment]:
+    """Per image, the rows `assemble` splices in for it; `keeps[i]` is image i's (H, W) keep mask or None
+    (keep all). Shared by `assemble` and the vLLM request builder (vitos.vllm_engine.requests), so both
+    feed the same rows at the same positions."""
+    keeps = keeps if keeps is not None else [None] * len(images)
+    if len(keeps) != len(images) or len(prompt.image_spans) != len(images):
+        raise ValueError(
+            f"{len(images)} images, {len(keeps)} keep masks and {len(prompt.image_spans)} image slots must agree"
+        )
+    out = []
+    for (start, end), image, keep in zip(prompt.image_spans, images, keeps):
+        feats = image.features.to(adapter.dtype)  # (N, D)
+        pos = prompt.positions[:, start:end]  # (P, N)
+        if keep is None:
+            out.append(VisualSegment((start, end), feats, pos))
+            continue
+        if tuple(keep.shape) != tuple(image.grid_hw):
+            raise ValueError(f"keep mask shape {tuple(keep.shape)} does not match the image grid {image.grid_hw}")
+        fused = fuse_tokens(feats, keep.reshape(-1).to(feats.device), pos, mode=fusion, num_contextual=num_contextual)
+        out.append(VisualSegment((start, end), fused.embeds, fused.positions.to(pos.device)))  # (M, D), (P, M)
+    return out
+
+
 def assemble(
     adapter: ModelAdapter,
     prompt: Prompt,
@@ -53,30 +95,16 @@ def assemble(
 ) -> SequenceInputs:
     """Build one sequence; `keeps[i]` is image i's (H, W) keep mask or None (keep all)."""
     keeps = keeps if keeps is not None else [None] * len(images)
-    if len(keeps) != len(images) or len(prompt.image_spans) != len(images):
-        raise ValueError(
-            f"{len(images)} images, {len(keeps)} keep masks and {len(prompt.image_spans)} image slots must agree"
-        )
+    segments = visual_segments(adapter, prompt, images, keeps, fusion, num_contextual)
     embeds, positions = [], []
     cursor = 0
-    n_kept = 0
-    for (start, end), image, keep in zip(prompt.image_spans, images, keeps):
+    for seg in segments:
+        start, end = seg.span
         if start > cursor:  # text before this image
             embeds.append(adapter.embed_tokens(prompt.input_ids[cursor:start]))  # (l, D)
             positions.append(prompt.positions[:, cursor:start])  # (P, l)
-        feats = image.features.to(adapter.dtype)  # (N, D)
-        pos = prompt.positions[:, start:end]  # (P, N)
-        if keep is None:
-            embeds.append(feats)
-            positions.append(pos)
-            n_kept += feats.shape[0]
-        else:
-            if tuple(keep.shape) != tuple(image.grid_hw):
-                raise ValueError(f"keep mask shape {tuple(keep.shape)} does not match the image grid {image.grid_hw}")
-            fused = fuse_tokens(feats, keep.reshape(-1).to(feats.device), pos, mode=fusion, num_contextual=num_contextual)
-            embeds.append(fused.embeds)  # (M, D)
-            positions.append(fused.positions.to(pos.device))  # (P, M)
-            n_kept += fused.embeds.shape[0]
+        embeds.append(seg.embeds)  # (M, D)
+        positions.append(seg.positions)  # (P, M)
         cursor = end
     if cursor < prompt.input_ids.numel():  # text after the last image
         embeds.append(adapter.embed_tokens(prompt.input_ids[cursor:]))
@@ -86,7 +114,7 @@ def assemble(
         embeds=torch.cat([e.to(device) for e in embeds]),  # (L', D)
         positions=torch.cat([p.to(device) for p in positions], dim=1),  # (P, L')
         n_visual_total=sum(im.num_tokens for im in images),
-        n_visual_kept=n_kept,
+        n_visual_kept=sum(seg.embeds.shape[0] for seg in segments),
         keep_masks=list(keeps),
     )
 
