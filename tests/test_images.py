@@ -294,3 +294,32 @@ def test_corrupt_dcm_file_is_an_image_error(tmp_path):
     path.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00garbage")
     with pytest.raises(ImageError, match="bad.dcm"):
         load_image(path)
+
+
+# --------------------------------------------------------------------------------------- bytes (uploads)
+
+
+def test_image_bytes_load_like_the_file(tmp_path):
+    from vitos.images import load_image_bytes
+
+    arr = np.random.default_rng(3).integers(0, 256, size=(5, 6, 3), dtype=np.uint8)
+    path = tmp_path / "a.png"
+    Image.fromarray(arr).save(path)
+    np.testing.assert_array_equal(_rgb(load_image_bytes(path.read_bytes())), _rgb(load_image(path)))
+    dcm = _write_dicom(tmp_path / "b", np.array([[100, 200], [300, 500]], dtype=np.uint16))  # detected by magic
+    np.testing.assert_array_equal(_rgb(load_image_bytes(dcm.read_bytes())), _rgb(load_image(dcm)))
+
+
+def test_bad_image_bytes_name_the_upload_and_the_limit():
+    from vitos.images import load_image_bytes
+
+    with pytest.raises(ImageError, match="upload.png: not a recognised image format"):
+        load_image_bytes(b"<html>not an image</html>", name="upload.png")
+    with pytest.raises(ImageError, match="max_bytes=10"):
+        load_image_bytes(b"x" * 11, max_bytes=10)
+    with pytest.raises(ImageError, match="empty"):
+        load_image_bytes(b"")
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 30)).save(buf, format="PNG")
+    with pytest.raises(ImageError, match="max_pixels"):
+        load_image_bytes(buf.getvalue(), max_pixels=100)

@@ -34,6 +34,7 @@ Usage:
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -101,16 +102,36 @@ def load_image(
     return _load_pil(path, max_pixels)
 
 
+def load_image_bytes(
+    data: bytes,
+    name: str = "<uploaded image>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Image.Image:
+    """`load_image` for an image held in memory (an HTTP upload, `vitos serve`): the same formats, conversions,
+    limits and ImageError messages, which name `name` instead of a path. Nothing is written to disk."""
+    label = Path(name)
+    if len(data) > max_bytes:
+        raise ImageError(f"{name}: image is {len(data):,} bytes, over the limit max_bytes={max_bytes:,}; "
+                         "downscale the image or raise the limit")
+    if not data:
+        raise ImageError(f"{name}: image is empty (0 bytes); send the file's bytes")
+    if label.suffix.lower() == ".dcm" or data[128:132] == b"DICM":
+        return _load_dicom(label, max_pixels, io.BytesIO(data))
+    return _load_pil(label, max_pixels, io.BytesIO(data))
+
+
 # ---------------------------------------------------------------------------------------------------
 # PIL formats
 
 
-def _load_pil(path: Path, max_pixels: int) -> Image.Image:
+def _load_pil(path: Path, max_pixels: int, source: Any = None) -> Image.Image:
+    """`source` (a file object) is read instead of `path`, which then only names the image in messages."""
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check replaces PIL's global bomb warning (no global state is changed).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path if source is None else source) as im:
                 _check_pixels(im.size, max_pixels, str(path))
                 notes = []
                 n_frames = getattr(im, "n_frames", 1)
@@ -199,7 +220,7 @@ def _is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _load_dicom(path: Path, max_pixels: int) -> Image.Image:
+def _load_dicom(path: Path, max_pixels: int, source: Any = None) -> Image.Image:
     try:
         import pydicom
     except ImportError as err:
@@ -210,7 +231,7 @@ def _load_dicom(path: Path, max_pixels: int) -> Image.Image:
 
     try:
         # force=True reads '.dcm' files written without the 128-byte preamble.
-        ds = pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path if source is None else source, force=True)
     except Exception as err:  # pydicom raises many types for malformed files
         raise ImageError(f"{path}: unreadable DICOM file ({type(err).__name__}: {err}); re-export it") from err
     if "PixelData" not in ds:
