@@ -31,6 +31,7 @@ DELEGATED = {
     "compare": ("vitos.eval.compare", "main_compare", "relative performance of run A against run B"),
     "demo": ("vitos.demo", "main_demo", "the embedded default on MedPhantom: warm start, RL, evaluation"),
     "study": ("vitos.study.run", "main_study", "seeds x schedules x reward ablations with intervals and paired tests"),
+    "serve": ("vitos.serve", "main_serve", "an OpenAI-compatible HTTP server: ground -> prune -> answer per request"),
     "app": ("vitos.app", "main_app", "a local web page: upload a scan, see the boxes, kept tokens and both answers"),
 }
 

@@ -29,9 +29,9 @@ import torch
 
 from vitos.config import Range
 from vitos.data.sample import Sample
-from vitos.engine import SamplingConfig, generate
+from vitos.engine import Generation, SamplingConfig, generate
 from vitos.images import load_image
-from vitos.models.base import EncodedImage, ModelAdapter
+from vitos.models.base import EncodedImage, ModelAdapter, Prompt
 from vitos.prompts import ParsedOutput, grounding_prompt, parse_output, sparse_prompt
 from vitos.pruning.boxes import boxes_to_keep_mask, image_box_to_grid_box
 from vitos.pruning.sparse import SequenceInputs, assemble
@@ -133,13 +133,33 @@ def keep_masks(
     return masks, note
 
 
-def _prompt_seqs(adapter, samples, encoded, prompt_fn, keeps, prune, texts=None) -> list[SequenceInputs]:
-    seqs = []
-    for i, (s, enc, keep) in enumerate(zip(samples, encoded, keeps)):
+def _prompts(adapter, samples, encoded, prompt_fn, texts=None) -> list[Prompt]:
+    out = []
+    for i, (s, enc) in enumerate(zip(samples, encoded)):
         text = texts[i] if texts is not None else prompt_fn(s.question, s.options, s.kind, max(1, len(enc)))
-        prompt = adapter.build_prompt(text, enc)
-        seqs.append(assemble(adapter, prompt, enc, keep, fusion=prune.fusion, num_contextual=prune.num_contextual))
-    return seqs
+        out.append(adapter.build_prompt(text, enc))
+    return out
+
+
+def _prompt_seqs(adapter, samples, encoded, prompt_fn, keeps, prune, texts=None) -> list[SequenceInputs]:
+    return [assemble(adapter, prompt, enc, keep, fusion=prune.fusion, num_contextual=prune.num_contextual)
+            for prompt, enc, keep in zip(_prompts(adapter, samples, encoded, prompt_fn, texts), encoded, keeps)]
+
+
+def _decode(adapter, engine, samples, encoded, prompt_fn, keeps, prune, sampling, texts=None,
+            stop_strings=()) -> tuple[Generation, list[tuple[int, int]]]:
+    """One pass over the batch: (completions, per sample (visual tokens total, fed)). engine None = the Python
+    decode loop (`vitos.engine.generate`, the reference); else a `vitos.vllm_engine.engine.VllmEngine`, fed the
+    same rows at the same positions (vitos.vllm_engine.requests)."""
+    if engine is None:
+        seqs = _prompt_seqs(adapter, samples, encoded, prompt_fn, keeps, prune, texts)
+        return generate(adapter, seqs, sampling, stop_strings=stop_strings), [(q.n_visual_total, q.n_visual_kept) for q in seqs]
+    from vitos.vllm_engine.requests import build_request
+
+    reqs = [build_request(adapter, prompt, enc, keep, prune.fusion, prune.num_contextual)
+            for prompt, enc, keep in zip(_prompts(adapter, samples, encoded, prompt_fn, texts), encoded, keeps)]
+    gen = engine.generate_for(adapter, reqs, sampling, stop_strings=stop_strings)
+    return gen, [(sum(e.num_tokens for e in enc), sum(r.counts)) for enc, r in zip(encoded, reqs)]
 
 
 def run(
@@ -154,6 +174,7 @@ def run(
     encoded: list[list[EncodedImage]] | None = None,
     answer_prompts: list[str] | None = None,
     grounding: Grounding = "full",
+    engine: Any = None,
 ) -> list[Answer]:
     """Answer a batch of samples in `mode`.
 
@@ -163,7 +184,8 @@ def run(
     that already ran it (the evaluation baselines score tokens before choosing masks); `answer_prompts`
     replaces the answer pass's user text (default `sparse_prompt`), e.g. with a benchmark's own prompt.
     `grounding`: "full" (default; the grounding branch answers too, as in training) or "short" (each row of
-    the grounding pass stops after its `</box>`; the module docstring)."""
+    the grounding pass stops after its `</box>`; the module docstring). `engine`: None (the Python decode
+    loop) or a `VllmEngine` (`--engine vllm`; modes full and vitos)."""
     if grounding not in GROUNDINGS:
         raise ValueError(f"unknown grounding {grounding!r}; use 'short' or 'full'")
     if mode not in PIPELINE_MODES:
@@ -192,9 +214,9 @@ def run(
     elif mode == "vitos":
         t0 = time.perf_counter()
         if given_boxes is None:
-            seqs = _prompt_seqs(adapter, samples, encoded, grounding_prompt, [None] * len(samples), prune)
             stops = GROUNDING_STOP if grounding == "short" else ()
-            gen = generate(adapter, seqs, sampling, stop_strings=stops)
+            gen, _ = _decode(adapter, engine, samples, encoded, grounding_prompt, [[None] * len(e) for e in encoded],
+                             prune, sampling, stop_strings=stops)
             grounding_texts = list(gen.texts)
             grounding_tokens = [int(ids.numel()) for ids in gen.token_ids]
             parsed = [parse_output(text, "grounding", n_images=len(e)) for text, e in zip(gen.texts, encoded)]
@@ -208,18 +230,20 @@ def run(
             keeps.append(masks)
         t["prune"] = (time.perf_counter() - t0) * 1e3
     elif mode == "vitos-evict":
+        if engine is not None:
+            raise ValueError("mode 'vitos-evict' evicts from the Python engine's KV cache; use mode 'vitos' with the "
+                             "vLLM engine, or the default engine")
         if given_boxes is not None or answer_prompts is not None:
             raise ValueError("mode 'vitos-evict' answers in the grounding pass's own conversation: given boxes and "
                              "answer prompts need mode 'vitos'")
         return _run_evict(adapter, samples, encoded, prune, sampling, t)
 
     t0 = time.perf_counter()
-    seqs = _prompt_seqs(adapter, samples, encoded, sparse_prompt, keeps, prune, texts=answer_prompts)
-    gen = generate(adapter, seqs, sampling)
+    gen, counts = _decode(adapter, engine, samples, encoded, sparse_prompt, keeps, prune, sampling, texts=answer_prompts)
     t["answer"] = (time.perf_counter() - t0) * 1e3
 
     results = []
-    for i, (seq, text) in enumerate(zip(seqs, gen.texts)):
+    for i, ((n_total, n_kept), text) in enumerate(zip(counts, gen.texts)):
         p = parsed[i]
         used = p is not None and p.boxes is not None
         results.append(
@@ -232,8 +256,8 @@ def run(
                 boxes=list(p.boxes) if used else [],
                 box_images=list(p.box_images or []) if used else [],
                 fallback=fallbacks[i],
-                visual_tokens_total=seq.n_visual_total,
-                visual_tokens_kept=seq.n_visual_kept,
+                visual_tokens_total=n_total,
+                visual_tokens_kept=n_kept,
                 keep_masks=keeps[i],
                 grid_regions=[e.grid_region for e in encoded[i]],
                 timings_ms=dict(t),
