@@ -8,8 +8,6 @@ a random tiny model barely depends on positions, and every position test must be
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,9 +15,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU (the default takes 4)
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # tests/conftest.py helpers
 
-from conftest import random_image  # noqa: E402,F401
+
+def random_image(w: int, h: int, seed: int = 0):
+    """A w x h RGB noise image (as tests/conftest.py's; this folder is its own test root)."""
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="session")
