@@ -77,7 +77,7 @@ def test_sampled_logprobs_are_the_trainers_at_the_sampling_temperature(vllm_adap
 def test_weight_sync_changes_outputs_exactly_as_the_new_weights_do(vllm_model_dir, vllm_engine):
     """Perturb the LM's weights, sync, and compare with the Python engine on the perturbed model; then restore."""
     from vitos.models import load_model
-    from vitos.vllm_engine.weights import policy_weights
+    from vitos.rl.policy import merged_weights
 
     ad = load_model(vllm_model_dir, dtype="float32", device="cpu")
     _, p, e, k, f = _cases(ad)[2]
@@ -89,7 +89,7 @@ def test_weight_sync_changes_outputs_exactly_as_the_new_weights_do(vllm_model_di
             if "language_model" in n:
                 t.add_(0.05 * torch.randn_like(t))
     try:
-        vllm_engine.load_weights(policy_weights({f"model.{n}": t for n, t in ad.model.state_dict().items()}, None))
+        vllm_engine.load_weights(merged_weights({f"model.{n}": t for n, t in ad.model.state_dict().items()}, None))
         e2 = ad.encode_images([random_image(224, 168, seed=1)])  # vision untouched: the same features
         ref = generate(ad, [assemble(ad, p, e2, k, fusion=f)], GREEDY).token_ids[0].tolist()
         got = vllm_engine.generate_for(ad, [build_request(ad, p, e2, k, fusion=f)], GREEDY).token_ids[0].tolist()

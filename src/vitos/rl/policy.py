@@ -215,6 +215,17 @@ def merge_lora_state(state: dict[str, torch.Tensor], scale: float, adapter_name:
     return out
 
 
+def merged_weights(state: dict[str, torch.Tensor], lora_scale: float | None) -> dict[str, torch.Tensor]:
+    """`accelerator.get_state_dict(policy)` -> the base model's weights under its own names: the `model.` sub-tree
+    (a frozen `reference.` dropped), LoRA merged in when `lora_scale` (alpha / r) is given. What `export_model`
+    writes and what a rollout engine loads after every step (vitos.vllm_engine.engine.VllmEngine.load_weights)."""
+    own = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    if lora_scale is None:
+        return own
+    return merge_lora_state({k[len("base_model.model."):] if k.startswith("base_model.model.") else k: v
+                             for k, v in own.items()}, lora_scale)
+
+
 def export_model(policy: Policy, state: dict[str, torch.Tensor], out_dir: str | Path, lora_scale: float | None) -> Path:
     """Write a folder `vitos.models.load_model` can load (LoRA merged in; the adapter also under adapter/).
 
@@ -223,11 +234,10 @@ def export_model(policy: Policy, state: dict[str, torch.Tensor], out_dir: str | 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf = policy.adapter.model
-    own = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if lora_scale is not None:
-        policy.model.save_pretrained(out / "adapter", state_dict=own)
-        own = merge_lora_state({k[len("base_model.model."):]: v for k, v in own.items()}, lora_scale)
-    hf.save_pretrained(out, state_dict=own)
+        policy.model.save_pretrained(out / "adapter", state_dict={k[len("model."):]: v for k, v in state.items()
+                                                                  if k.startswith("model.")})
+    hf.save_pretrained(out, state_dict=merged_weights(state, lora_scale))
     policy.adapter.tokenizer.save_pretrained(out)
     processor = getattr(policy.adapter, "image_processor", None)
     if processor is not None:

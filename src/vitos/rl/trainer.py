@@ -53,7 +53,7 @@ from vitos.rl.checkpoint import (
 )
 from vitos.rl.config import TrainConfig, branches_for_step, lr_factor, precision_plan, stage_of, validate
 from vitos.models.settings import write_settings
-from vitos.rl.policy import PolicyView, build_policy, export_model
+from vitos.rl.policy import PolicyView, build_policy, export_model, merged_weights
 from vitos.rl.rollout import RewardOverride, StepRewards, StepRollouts, collect, sample_sparse, score
 from vitos.rl.update import Updater
 
@@ -277,9 +277,7 @@ def _rollout_engine(cfg: TrainConfig, base_model: str, dtype: Any, acc: Any) -> 
 def policy_weights(acc: Any, policy: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """The policy's current weights under the base model's parameter names (LoRA merged in), for the rollout
     engine; gathered from shards (FSDP / ZeRO-3) by accelerate (every process must call it)."""
-    from vitos.vllm_engine.weights import policy_weights as merged
-
-    return merged(acc.get_state_dict(policy), cfg.model.lora_alpha / cfg.model.lora_r if cfg.model.lora else None)
+    return merged_weights(acc.get_state_dict(policy), cfg.model.lora_alpha / cfg.model.lora_r if cfg.model.lora else None)
 
 
 def _model_path(cfg: TrainConfig, acc: Any) -> str:

@@ -2,7 +2,7 @@
 
     engine = VllmEngine("runs/demo/rl/final", dtype="float32")
     gen = engine.generate_for(adapter, [build_request(adapter, prompt, enc, keeps)], SamplingConfig(...), n=4)
-    engine.load_weights(policy_weights(state, lora_scaling))     # RL: after every optimiser step
+    engine.load_weights(merged_weights(state, lora_scale))   # vitos.rl.policy; RL: after every optimiser step
 
 It returns vitos' own `Generation` (token ids, texts decoded by vitos' tokenizer, stop reasons, log-probs), so
 the pipeline and the trainer treat both engines alike. What is the same as `vitos.engine.generate`
@@ -110,8 +110,8 @@ class VllmEngine:
 
     # --- RL weight sync -------------------------------------------------------------------------------
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Replace the model's weights in place (Hugging Face parameter names, e.g. vitos.vllm_engine.weights.
-        policy_weights), then reset every cache that could hold outputs of the old weights."""
+        """Replace the model's weights in place (Hugging Face parameter names, e.g. vitos.rl.policy.
+        merged_weights), then reset every cache that could hold outputs of the old weights."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
