@@ -105,6 +105,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     require_ranges(prune, names={"margin": "--margin", "min_keep": "--min-keep"})
     require_ranges(sampling, names={"max_new_tokens": "--max-new-tokens", "temperature": "--temperature"})
     options = parse_options(args.options)
+    if args.engine == "vllm" and args.mode == "vitos-evict":
+        raise SystemExit("vitos infer: error: --mode vitos-evict evicts from the Python engine's KV cache; use "
+                         "--mode vitos with --engine vllm")
     if args.boxes is not None and args.mode == "vitos-evict":
         raise SystemExit("vitos infer: error: --boxes replaces the grounding pass, which --mode vitos-evict answers "
                          "in; use --mode vitos with --boxes")
@@ -115,6 +118,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
         print(f"loading model {args.model} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     adapter = load_model(args.model, dtype=args.dtype, device=args.device, attn_implementation=args.attn)
+    engine = None
+    if args.engine == "vllm":
+        from vitos.vllm_engine.engine import VllmEngine
+
+        engine = VllmEngine(args.model, dtype=args.dtype)
     if not args.quiet:
         print(f"loaded {args.model} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     for line in [*chosen.warnings(), chosen.describe()]:  # stderr: --json output stays one JSON document
@@ -132,6 +140,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         sampling=sampling,
         overlay=args.overlay,
         boxes=args.boxes,
+        engine=engine,
         grounding=args.grounding,
     )
     print(render(result, args.json))
@@ -181,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how pruned tokens are folded in ({saved} merge)")
     i.add_argument("--max-new-tokens", type=int, default=None, help=f"longest completion per pass ({saved} 256)")
     i.add_argument("--temperature", type=float, default=None, help=f"0 = greedy decoding ({saved} 0.0)")
+    i.add_argument("--engine", choices=["python", "vllm"], default="python",
+                   help="decoder: python (vitos.engine, the reference) or vllm (Qwen2.5-VL; pip install -e '.[vllm]') "
+                        "(default: python)")
     i.add_argument("--dtype", default="auto",
                    help="auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16, float16 (default: auto)")
     i.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
@@ -208,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ImageError, ModelLoadError, ConfigError, ValueError, OSError) as err:
+    except (ImageError, ModelLoadError, ConfigError, ValueError, OSError, ImportError) as err:
         from vitos.config import error_line
 
         print(f"vitos {args.command}: error: {error_line(err)}", file=sys.stderr)

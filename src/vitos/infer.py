@@ -84,10 +84,12 @@ def infer_one(
     overlay: str | None = None,
     boxes: str | None = None,
     grounding: str = "short",
+    engine: Any = None,
 ) -> InferResult:
     """Answer one question about one image. `boxes` (a JSON-ish box list such as "[[0.1,0.2,0.5,0.6]]")
     replaces the grounding pass with user-given evidence regions; a malformed one falls back to all tokens.
-    `grounding`: "short" (default: stop the grounding pass after its boxes) or "full" (`vitos.pipeline.run`)."""
+    `grounding`: "short" (default: stop the grounding pass after its boxes) or "full" (`vitos.pipeline.run`).
+    `engine`: None (the Python decode loop) or a `vitos.vllm_engine.engine.VllmEngine`."""
     if overlay:  # before any work: the overlay must never replace the input image
         check_overlay_path(overlay, image_path)
     image = load_image(image_path)  # raises ImageError with a clear message
@@ -98,7 +100,7 @@ def infer_one(
         parsed_boxes, box_images, error = parse_boxes(boxes, n_images=1)
         given = [ParsedOutput(None, parsed_boxes, box_images, None, error, False)]
     res: Answer = run(adapter, [sample], mode=mode, prune=prune, sampling=sampling, images=[[image]], given_boxes=given,
-                      grounding=grounding)[0]  # type: ignore[arg-type]
+                      grounding=grounding, engine=engine)[0]  # type: ignore[arg-type]
     overlay_path = None
     if overlay:
         mask = res.keep_masks[0] if res.keep_masks else None

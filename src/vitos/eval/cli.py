@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of benchmarks the LLM judge decides (default: the protocol's; vitos: all)")
     p.add_argument("--judge-max-calls", type=int, default=20000,
                    help="most LLM judge requests in one run (default: 20000)")
+    p.add_argument("--engine", choices=["python", "vllm"], default="python",
+                   help="decoder: python (vitos.engine, the reference) or vllm (Qwen2.5-VL; pip install -e '.[vllm]') "
+                        "(default: python)")
     p.add_argument("--dtype", default="auto",
                    help="auto (bf16 on a GPU that supports it, else fp32), float32, bfloat16, float16 (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default: auto)")
@@ -170,6 +173,7 @@ def _config_from_args(args: argparse.Namespace, chosen: Resolved | None = None) 
         dtype=args.dtype,
         device=args.device,
         attn=args.attn,
+        engine=args.engine,
     )
     cfg = apply_protocol(cfg, args.protocol, keep=explicit)
     overrides = {}

@@ -133,7 +133,8 @@ _RESULT_FIELDS = (
     "temperature",
 )  # fmt: skip
 # Not keyed (they do not change what a greedy pass answers, up to floating-point noise): limit (a resumed
-# run may extend it), batch_size, device, attn, grounding (a short grounding pass is a prefix of the full one:
+# run may extend it), batch_size, device, attn, engine (vLLM decodes the same greedy tokens on the same rows,
+# tests_vllm/; which engine answered each part is in scores.json), grounding (a short grounding pass is a prefix of the full one:
 # same boxes, same answer; only the logged `grounding` text is shorter), data_dir (the questions and answers of every reused record
 # are checked against the data instead).
 
@@ -213,6 +214,9 @@ class EvalConfig:
     """auto, cpu, cuda, cuda:1 ..."""
     attn: str = "sdpa"
     """Attention implementation: sdpa, eager, flash_attention_2."""
+    engine: Literal["python", "vllm"] = "python"
+    """Decoder of every pass: python (vitos.engine, the reference) or vllm (vitos.vllm_engine; Qwen2.5-VL models,
+    `pip install -e ".[vllm]"`). FastV's attention scores always come from the Python model."""
 
 
 def apply_protocol(cfg: EvalConfig, name: str, keep: frozenset[str] | set[str] = frozenset()) -> EvalConfig:
@@ -259,6 +263,9 @@ def _validate(cfg: EvalConfig) -> None:
         raise ConfigError(f"unknown benchmark(s) {unknown}; known: {list(BENCHMARKS)}")
     if len(set(cfg.benchmarks)) != len(cfg.benchmarks):
         raise ConfigError(f"benchmark listed twice in {cfg.benchmarks}")
+    if cfg.engine == "vllm" and cfg.mode == "vitos-evict":
+        raise ConfigError("--mode vitos-evict evicts from the Python engine's KV cache; use --mode vitos with "
+                          "--engine vllm, or --engine python")
     if cfg.mode in BASELINE_MODES:
         if (cfg.budget_ratio is None) == (cfg.budget_from is None):
             raise ConfigError(
@@ -449,12 +456,14 @@ def _run_batch(
     samples: list[Sample],
     budgets: dict[str, int] | None,
     llm_judge: LLMJudge | None,
+    engine: Any = None,
 ) -> list[dict[str, Any]]:
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
     encoded = encode(adapter, [load_sample_images(s) for s in samples])
     targets: list[int | None] = [None] * len(samples)
     if cfg.mode in ("vitos", "vitos-evict"):  # vitos-evict: one prefill, pruned tokens evicted (vitos.single_pass)
-        answers = run(adapter, samples, cfg.mode, cfg.prune, sampling, encoded=encoded, grounding=cfg.grounding)
+        answers = run(adapter, samples, cfg.mode, cfg.prune, sampling, encoded=encoded, grounding=cfg.grounding,
+                      engine=engine)
     else:
         texts = _answer_texts(cfg, bench, samples, encoded)
         keeps = None
@@ -464,7 +473,8 @@ def _run_batch(
             fusion = BASELINE_FUSION[cfg.mode]
             prune = PruneConfig(fusion=fusion, num_contextual=cfg.prune.num_contextual)  # type: ignore[arg-type]
         answers = run(
-            adapter, samples, "full", prune, sampling, encoded=encoded, keeps_override=keeps, answer_prompts=texts
+            adapter, samples, "full", prune, sampling, encoded=encoded, keeps_override=keeps, answer_prompts=texts,
+            engine=engine,
         )
 
     records = []
@@ -611,6 +621,13 @@ def evaluate(
             on_stage(f"loading the model {cfg.model}")
         adapter = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, attn_implementation=cfg.attn)
     llm_judge = LLMJudge(cfg.judge) if cfg.judge.url else None
+    engine = None
+    if cfg.engine == "vllm":
+        from vitos.vllm_engine.engine import VllmEngine
+
+        if on_stage is not None:
+            on_stage(f"starting vLLM for {cfg.model}")
+        engine = VllmEngine(cfg.model, dtype=cfg.dtype)
 
     per_benchmark: dict[str, dict[str, Any]] = {}
     for bench, samples, budgets, skipped in plan:
@@ -624,7 +641,7 @@ def evaluate(
             on_start(bench.name, len(samples) - len(todo), len(samples))
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
-            records = _run_batch(cfg, adapter, bench, batch, budgets, llm_judge)
+            records = _run_batch(cfg, adapter, bench, batch, budgets, llm_judge, engine)
             append_records(path, records)
             done.update((r["id"], r) for r in records)
             if on_batch is not None:
@@ -637,6 +654,7 @@ def evaluate(
     scores = aggregate(per_benchmark)
     scores["kept_token_ratio"] = fmean(s["kept_token_ratio"] for s in per_benchmark.values())
     scores["mode"] = cfg.mode
+    scores["engine"] = cfg.engine  # this invocation's; not keyed for resume (see _RESULT_FIELDS)
     scores["compat"] = cfg.compat
     scores["prompt_style"] = cfg.prompt_style
     scores["grounding"] = cfg.grounding if cfg.mode == "vitos" else "short" if cfg.mode == "vitos-evict" else None
