@@ -147,8 +147,7 @@ def train(cfg: TrainConfig, resume: str | None = None, reward_override: RewardOv
         if engine is not None:
             engine.load_weights(policy_weights(acc, policy, cfg))
 
-    if resume:
-        sync_engine()
+    sync_engine()  # the engine starts from the policy's weights (a resumed checkpoint's, the LoRA merge, ...)
 
     # --- the loop ------------------------------------------------------------------------------------
     metrics: dict[str, Any] = {}

