@@ -81,9 +81,10 @@ class VllmEngine:
 
     def generate(self, requests: list[VllmRequest], sampling: SamplingConfig, n: int = 1, seed: int | None = None,
                  eos_token_ids: Sequence[int] = (), suppressed_token_ids: Sequence[int] = (),
-                 stop_strings: Sequence[str] = (), tokenizer: Any = None) -> Generation:
+                 stop_strings: Sequence[str] = (), tokenizer: Any = None, ignore_eos: bool = False) -> Generation:
         """n completions per request; row i * n + j = sample j of requests[i] (as `vitos.engine.generate`'s
-        samples_per_seq). `seed` + i seeds request i (None: vLLM's engine seed)."""
+        samples_per_seq). `seed` + i seeds request i (None: vLLM's engine seed). ignore_eos: run every row to
+        max_new_tokens (benchmarks)."""
         from vllm import SamplingParams
 
         if not requests:
@@ -93,7 +94,7 @@ class VllmEngine:
                                  top_k=sampling.top_k if sampling.temperature > 0 else 0,
                                  max_tokens=sampling.max_new_tokens, seed=None if seed is None else seed + i,
                                  stop_token_ids=list(eos_token_ids), stop=[s for s in stop_strings if s] or None,
-                                 logprobs=0, allowed_token_ids=allowed)
+                                 logprobs=0, allowed_token_ids=allowed, ignore_eos=ignore_eos)
                   for i in range(len(requests))]
         outs = self.llm.generate([r.as_vllm() for r in requests], params, use_tqdm=False)
         ids, texts, stopped, logprobs, reasons = [], [], [], [], []
