@@ -396,3 +396,14 @@ def test_eval_config_fields_all_have_docstrings():
 
     docs = field_docs(EvalConfig)
     assert {f.name for f in dataclasses.fields(EvalConfig)} <= set(docs)
+
+
+def test_engine_vllm_without_vllm_is_one_line(tiny_model_dir, vqa_rad_dir, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; tests_vllm/ covers --engine vllm")
+    rc = main_eval(["--model", tiny_model_dir, "--benchmarks", "vqa_rad", "--out", str(tmp_path / "v"), "--limit", "1",
+                    "--data-dir", vqa_rad_dir, "--engine", "vllm", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'pip install -e ".[vllm]"' in err and "Traceback" not in err

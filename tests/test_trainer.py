@@ -259,3 +259,17 @@ def test_exported_model_carries_the_settings_it_was_trained_with(tmp_path, tiny_
     s = read_settings(tmp_path / "final")
     assert (s.fusion, s.margin, s.max_new_tokens, s.temperature) == ("contextual", 0.05, 8, 0.0)
     assert s.synthetic is True and s.made_by == "vitos train"
+
+
+def test_vllm_rollouts_without_vllm_say_how_to_install(tmp_path, tiny_model_dir, phantom_jsonl):
+    """rollout.engine=vllm where vLLM is absent (this venv): a ConfigError naming the extra, not an ImportError
+    deep in a stack. (With vLLM: tests_vllm/test_train_vllm.py, `bash .ci/vllm`.)"""
+    import importlib.util
+
+    from vitos.config import ConfigError
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here; tests_vllm/ covers the engine")
+    cfg = _cfg(tmp_path, tiny_model_dir, phantom_jsonl, "rollout.engine=vllm")
+    with pytest.raises(ConfigError, match=r"pip install -e \".\[vllm\]\""):
+        train(cfg)

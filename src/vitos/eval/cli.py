@@ -194,7 +194,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from vitos.models import ModelLoadError  # lazily: importing the model zoo is slow
 
     # ConfigError, ImageError, PathError, SettingsError are ValueErrors; OSError: unreadable or unwritable files
-    return (ValueError, OSError, ModelLoadError, JudgeError)
+    return (ValueError, OSError, ModelLoadError, JudgeError, ImportError)  # ImportError: --engine vllm without vLLM
 
 
 def _is_terminal(stream) -> bool:

