@@ -1,7 +1,7 @@
-"""Differences between the transformers releases vitos supports (pyproject: >=5.19, <5.26), in one place.
+"""Differences between the transformers releases vitos supports (pyproject: >=5.19, <5.25), in one place.
 
 transformers 5.24 renamed the decoder's KV-cache argument and output field from `past_key_values` to
-`cache` (5.19-5.23 know only the old names; 5.24-5.25 accept both and warn on the old output field). Code
+`cache` (5.19-5.23 know only the old names; 5.24 accepts both and warns on the old output field). Code
 that calls a decoder directly goes through these two functions instead of naming either spelling.
 """
 
