@@ -219,8 +219,7 @@ def test_the_listen_backlog_holds_a_burst_of_connections(tiny_adapter):
     finally:
         for s in socks:
             s.close()
-        srv.httpd.server_close()
-        srv.batcher.close()
+        srv.close()
 
 
 def test_serve_cli_refuses_bad_flags(capsys):

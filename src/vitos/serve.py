@@ -175,7 +175,8 @@ class Server:
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        if self._thread is not None:  # shutdown() waits for serve_forever: it would hang on a server never started
+            self.httpd.shutdown()
         self.httpd.server_close()
         self.batcher.close()
 
